@@ -1,0 +1,9 @@
+ALTER TABLE ad_events
+    DROP CONSTRAINT ad_events_snapshot_shape,
+    DROP CONSTRAINT ad_events_snapshot_not_null;
+ALTER TABLE offers
+    DROP CONSTRAINT offers_snapshot_shape,
+    DROP CONSTRAINT offers_snapshot_not_null;
+ALTER TABLE target_populations
+    DROP CONSTRAINT target_populations_snapshot_shape,
+    DROP CONSTRAINT target_populations_snapshot_not_null;

@@ -1,0 +1,48 @@
+"""CLI: backfill — the safety net by hand, with progress, a dry run and the legacy per-band mode."""
+
+import click
+
+from pgsnap import backfill as bf
+from pgsnap.cli import pass_app
+from pgsnap.errors import PgsnapError
+from pgsnap.progress import progress
+
+
+@click.command()
+@click.option("--band", "band_id", type=int, help="Only NULL populations of this band (legacy mode).")
+@click.option("--batch-size", default=500, show_default=True, type=int)
+@click.option("--max-batches", type=int, help="Stop after this many batches (resumable).")
+@click.option("--dry-run", is_flag=True, help="Say what would be filled and from where; write nothing.")
+@pass_app
+def backfill(app, band_id, batch_size, max_batches, dry_run):
+    """Fill NULL matching_tags_snapshot values, parents before children."""
+    if batch_size < 1:
+        raise PgsnapError(f"batch size must be a positive integer, got {batch_size}", exit_code=2)
+    if max_batches is not None and max_batches < 1:
+        raise PgsnapError(f"max batches must be a positive integer, got {max_batches}", exit_code=2)
+    conn = app.connect(allow_behind=True)  # must work mid-journey, before enforcement
+    if band_id is not None:
+        if not conn.execute("SELECT 1 FROM public.target_bands WHERE id = %s", [band_id]).fetchone():
+            raise PgsnapError(f"target band {band_id} does not exist", exit_code=1)
+        if dry_run:
+            n = conn.execute("SELECT count(*) FROM public.target_populations"
+                             " WHERE target_band_id = %s AND matching_tags_snapshot IS NULL",
+                             [band_id]).fetchone()[0]
+            click.echo(f"target_populations  built  {n}")
+            return
+        n = conn.execute("SELECT pgsnap.backfill_band(%s, %s)", [band_id, batch_size]).fetchone()[0]
+        click.echo(f"band {band_id}: {n} target_populations filled")
+        return
+    if dry_run:
+        rows = bf.plan(conn)
+        if not rows:
+            click.echo("nothing to fill")
+        for table, source, n in rows:
+            click.echo(f"{table:<19} {source:<11} {n}")
+        return
+    with progress(label="backfill") as bar:
+        result = bf.run(conn, batch_size, max_batches, on_progress=lambda d, t: bar.update(d, t))
+    click.echo(result.summary())
+
+
+commands = [backfill]
