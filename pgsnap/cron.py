@@ -101,7 +101,6 @@ class Schedule:
     five_fields: str = ""  # what cronsim evaluates
 
 
-
 def _number(expr: str, field: _Field, token: str, text: str) -> int:
     if token.isascii() and token.isdigit():
         value = int(token)
@@ -220,8 +219,8 @@ def next_runs(expr: str | Schedule, after: datetime, n: int = 1) -> list[datetim
     """The next `n` slots strictly after `after`, as aware UTC datetimes."""
     schedule = expr if isinstance(expr, Schedule) else parse(expr)
     if schedule.reboot:
-        raise CronError(schedule.expr, "@reboot runs when pg_cron starts; it has no "
-                                       "clock time, and the pgsnap scheduler does "
-                                       "not run it")
+        raise CronError(schedule.expr, f'"{schedule.expr}" runs when pg_cron starts; '
+                                       "it has no clock time, and the pgsnap "
+                                       "scheduler does not run it")
     it = CronSim(schedule.five_fields, _utc(after))
     return [next(it) for _ in range(n)]

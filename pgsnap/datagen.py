@@ -196,7 +196,7 @@ _TARGETS = """
 DROP TABLE IF EXISTS pg_temp.dg_tgt;
 CREATE TEMP TABLE dg_tgt AS
 SELECT n, nextval(pg_get_serial_sequence('targets', 'id')) AS id
-FROM generate_series(1, %(n)s) AS n;
+FROM generate_series(%(first)s, %(first)s + %(n)s - 1) AS n;
 
 DROP TABLE IF EXISTS pg_temp.dg_gtrait;
 CREATE TEMP TABLE dg_gtrait AS {group_spec};
@@ -533,8 +533,11 @@ def create_targets(conn: psycopg.Connection, n: int, seed: int, style: str = "ma
         return []
     _prepare(conn)
     prefix = {"main": "Target", "narrow": "Narrow"}[style]
+    # numbering goes on from the targets of this style already there
+    (first,) = conn.execute("SELECT count(*) + 1 FROM targets WHERE title LIKE %s",
+                            [prefix + " %"]).fetchone()
     _run(conn, _TARGETS.format(group_spec=_GROUP_SPEC[style]),
-         {"seed": seed, "n": n, "prefix": prefix})
+         {"seed": seed, "n": n, "prefix": prefix, "first": first})
     return [r[0] for r in conn.execute("SELECT id FROM pg_temp.dg_tgt ORDER BY id")]
 
 
@@ -547,12 +550,15 @@ def create_campaigns(conn: psycopg.Connection, target_ids: list[int], seed: int)
     return len(target_ids)
 
 
-def create_me_files(conn: psycopg.Connection, n: int, seed: int, first: int = 1) -> int:
+def create_me_files(conn: psycopg.Connection, n: int, seed: int, first: int | None = None) -> int:
     """Me_files number ``first`` .. ``first + n - 1`` (the number, not the id, drives the
-    choices) with their tags; returns me_files created."""
+    choices; by default numbering goes on after the existing me_files) with their tags;
+    returns me_files created."""
     if n <= 0:
         return 0
     _prepare(conn)
+    if first is None:
+        (first,) = conn.execute("SELECT count(*) + 1 FROM me_files").fetchone()
     _run(conn, _ME_FILES, {"seed": seed, "first": first, "last": first + n - 1, "epoch": EPOCH})
     return n
 

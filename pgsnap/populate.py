@@ -43,20 +43,28 @@ def populate(conn: psycopg.Connection, target_id: int, batch_size: int = 500,
     result = PopulateResult(target_id, status)
     if status == "not_populated":
         return result
-    batches = [row[0] for row in conn.execute(
-        "SELECT b FROM pgsnap._populate_batches(%s, %s) AS b", [target_id, batch_size])]
-    for i, me_file_ids in enumerate(batches, 1):
-        ins, mov, ref, dele = conn.execute(
-            "SELECT inserted, moved, refreshed, deleted"
-            "  FROM pgsnap._reconcile(ARRAY[%s]::bigint[], %s::bigint[], false)",
-            [target_id, me_file_ids]).fetchone()
-        result.inserted += ins
-        result.moved += mov
-        result.refreshed += ref
-        result.deleted += dele
-        result.batches = i
-        if on_batch:
-            on_batch(i, len(batches))
+    try:
+        batches = [row[0] for row in conn.execute(
+            "SELECT b FROM pgsnap._populate_batches(%s, %s) AS b", [target_id, batch_size])]
+        for i, me_file_ids in enumerate(batches, 1):
+            ins, mov, ref, dele = conn.execute(
+                "SELECT inserted, moved, refreshed, deleted"
+                "  FROM pgsnap._reconcile(ARRAY[%s]::bigint[], %s::bigint[], false)",
+                [target_id, me_file_ids]).fetchone()
+            result.inserted += ins
+            result.moved += mov
+            result.refreshed += ref
+            result.deleted += dele
+            result.batches = i
+            if on_batch:
+                on_batch(i, len(batches))
+    except BaseException:
+        # the run lock is session-level: a connection that lives on must not keep it
+        if not conn.closed and not conn.broken:
+            conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(pgsnap.lock_key('populate:' || %s::bigint))",
+                         [target_id])
+        raise
     rows = conn.execute("SELECT pgsnap._populate_finish(%s)", [target_id]).fetchone()[0]
     result.status = "populated"
     result.unchanged = rows - result.inserted - result.moved - result.refreshed

@@ -229,30 +229,33 @@ class Scheduler:
         self._stop.set()
 
     def run(self) -> int:
-        with db.connect(self.dsn) as conn:
-            self.conn = conn
-            if not self._wait_for_leadership():
-                self.role = "stopped"
-                return 0
-            self.role = "leader"
-            log.info("leader: scheduling the jobs of pgsnap.jobs")
-            try:
-                while not self._stop.is_set():
-                    self._step()
-                    self._stop.wait(self._pause())
-                self._shutdown()
-                conn.execute(LEADER_UNLOCK)
-            except psycopg.OperationalError as exc:
-                # The lock went with the session: another scheduler may lead now.
-                raise PgsnapError("scheduler lost its database connection: "
-                                  f"{db.connect_reason(exc)}") from None
-            finally:
-                for run in self._runs.values():
-                    run.conn.cancel_safe()
-                    run.conn.close()
-                self.role = "stopped"
+        try:
+            with db.connect(self.dsn) as conn:
+                self.conn = conn
+                if self._wait_for_leadership():
+                    self._lead()
+        except psycopg.OperationalError as exc:
+            # A leader's lock went with its session: another scheduler may lead now.
+            raise PgsnapError("scheduler lost its database connection: "
+                              f"{db.connect_reason(exc)}") from None
+        finally:
+            self.role = "stopped"
         log.info("stopped")
         return 0
+
+    def _lead(self) -> None:
+        self.role = "leader"
+        log.info("leader: scheduling the jobs of pgsnap.jobs")
+        try:
+            while not self._stop.is_set():
+                self._step()
+                self._stop.wait(self._pause())
+            self._shutdown()
+            self.conn.execute(LEADER_UNLOCK)
+        finally:
+            for run in self._runs.values():  # only after a failure
+                run.conn.cancel_safe()
+                run.conn.close()
 
     def _wait_for_leadership(self) -> bool:
         while not self._stop.is_set():

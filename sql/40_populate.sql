@@ -106,14 +106,19 @@ END;
 $$;
 
 -- No SET search_path here: PostgreSQL forbids transaction control in a
--- procedure that has one. The body only calls pinned functions and sets a
--- transaction-local search_path for its own expressions after every COMMIT.
+-- procedure that has one. The body only calls pinned functions; it pins its own
+-- expressions with a transaction-local search_path, set after every COMMIT when
+-- it owns the transactions, and restored before returning when it does not.
 CREATE OR REPLACE PROCEDURE pgsnap.populate_target(p_target_id bigint, p_batch_size integer DEFAULT 500)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    -- true for a top-level CALL in autocommit: only then may we COMMIT per batch
+    -- true for a top-level CALL sent as a simple query in autocommit: only then
+    -- may we COMMIT per batch (with bound parameters the transaction starts
+    -- before the CALL, which looks the same as a caller's open transaction)
     v_own_xact boolean := pg_catalog.now() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp();
+    v_caller_path text := pg_catalog.current_setting('search_path');
+    v_key      bigint := pgsnap.lock_key('populate:' OPERATOR(pg_catalog.||) p_target_id);
     v_batch    bigint[];
     v_batches  integer := 0;
     v_counts   record;
@@ -126,6 +131,7 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF pgsnap._populate_begin(p_target_id, p_batch_size) = 'not_populated' THEN
         RAISE NOTICE 'pgsnap: target % has no bands; status not_populated', p_target_id;
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
         RETURN;
     END IF;
     IF v_own_xact THEN
@@ -133,7 +139,13 @@ BEGIN
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     FOR v_batch IN SELECT b FROM pgsnap._populate_batches(p_target_id, p_batch_size) AS b LOOP
-        v_counts := pgsnap._reconcile(ARRAY[p_target_id], v_batch, false);
+        BEGIN
+            v_counts := pgsnap._reconcile(ARRAY[p_target_id], v_batch, false);
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            -- the run lock is session-level: a pooled session must not keep it
+            PERFORM pg_advisory_unlock(v_key);
+            RAISE;
+        END;
         v_ins := v_ins + v_counts.inserted;
         v_mov := v_mov + v_counts.moved;
         v_ref := v_ref + v_counts.refreshed;
@@ -147,6 +159,9 @@ BEGIN
     v_rows := pgsnap._populate_finish(p_target_id);
     RAISE NOTICE 'pgsnap: target % populated: % batches, % inserted, % moved, % refreshed, % deleted, % unchanged',
         p_target_id, v_batches, v_ins, v_mov, v_ref, v_del, v_rows - v_ins - v_mov - v_ref;
+    IF NOT v_own_xact THEN
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+    END IF;
 END;
 $$;
 COMMENT ON PROCEDURE pgsnap.populate_target(bigint, integer) IS

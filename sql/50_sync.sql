@@ -6,6 +6,8 @@
 -- (me_file, trait) pairs, and one deferred constraint trigger per transaction
 -- drains the queue at COMMIT: the work runs once per me_file per transaction,
 -- set-based, on the final state of its tags.
+-- The trigger functions and sync_me_file are SECURITY DEFINER: the application
+-- role writes tags but may not write target_populations (or the queue) itself.
 
 -- Recompute the given me_files in the maintained targets that reference one of
 -- the given traits (NULL among them: every maintained target).
@@ -52,6 +54,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgsnap.sync_me_file(p_me_file_id bigint)
 RETURNS integer
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -69,6 +72,7 @@ COMMENT ON FUNCTION pgsnap.sync_me_file(bigint) IS
 CREATE OR REPLACE FUNCTION pgsnap._sync_drain()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -93,6 +97,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgsnap._sync_enqueue_tags()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -127,6 +132,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgsnap._sync_enqueue_me_files()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

@@ -230,8 +230,9 @@ def test_next_runs_converts_to_utc():
 
 
 def test_next_runs_refuses_reboot_and_naive_datetimes():
-    with pytest.raises(cron.CronError, match="@reboot runs when pg_cron starts"):
-        cron.next_runs("@reboot", at(2025, 1, 1))
+    for expr in ("@reboot", "@restart"):
+        with pytest.raises(cron.CronError, match=f'"{expr}" runs when pg_cron starts'):
+            cron.next_runs(expr, at(2025, 1, 1))
     with pytest.raises(ValueError, match="naive datetime"):
         cron.next_runs("@hourly", datetime(2025, 1, 1))
 

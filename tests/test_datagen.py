@@ -126,9 +126,12 @@ def test_narrow_targets_reference_each_hobby_one_time_in_twenty(legacy_conn):
 def test_generate_reuses_the_catalogue(legacy_conn):
     datagen.generate(legacy_conn, me_files=10, targets=1, seed=1)
     traits = value(legacy_conn, "SELECT count(*) FROM traits")
-    more = datagen.generate(legacy_conn, me_files=10, targets=1, seed=2)
+    more = datagen.generate(legacy_conn, me_files=10, targets=1, seed=1)
     assert value(legacy_conn, "SELECT count(*) FROM traits") == traits
     assert more.counts["me_files"] == 20 and more.counts["targets"] == 2
+    # numbering goes on: the second batch is new people and a new target, not copies
+    assert value(legacy_conn, "SELECT count(DISTINCT display_name) FROM me_files") == 20
+    assert value(legacy_conn, "SELECT count(DISTINCT title) FROM targets") == 2
 
 
 def test_legacy_rows_have_nulls_at_every_level(legacy_conn):

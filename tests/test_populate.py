@@ -12,6 +12,7 @@ the second populate is what repairs the rows.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -525,17 +526,28 @@ def test_populate_inside_a_transaction_keeps_the_callers_search_path(conn, new_c
     caller.commit()
 
 
-@pytest.mark.parametrize("bind", [False, True], ids=["literal-arguments", "bound-parameters"])
-def test_populate_commits_per_batch_in_autocommit(conn, new_conn, bind):
-    """Batches before a failing one stay committed; the target stays populating.
-    Holds however the CALL is sent (simple query, or psycopg's bound parameters)."""
+def test_populate_commits_per_batch_in_autocommit(conn, new_conn):
+    """Batches before a failing one stay committed; the target stays populating."""
     seed_worked_example(conn)
     execute(conn, FAIL_ON_ME_FILE_3)
     caller = new_conn()
     with pytest.raises(psycopg.Error, match="refusing me_file 3"):
-        populate(caller, T1, batch_size=1, bind=bind)
+        populate(caller, T1, batch_size=1)
     assert populations(conn, T1) == {M1: EXAMPLE_1_ROWS[M1], M2: EXAMPLE_1_ROWS[M2]}
     assert target_status(conn, T1) == ("populating", None)
+
+
+def test_populate_with_bound_parameters_runs_atomically(conn, new_conn):
+    """With the extended protocol PostgreSQL opens the transaction before the CALL runs, which
+    the procedure cannot tell from a caller's open transaction: it then runs as one transaction
+    (documented in the README); a failure leaves nothing behind."""
+    seed_worked_example(conn)
+    execute(conn, FAIL_ON_ME_FILE_3)
+    caller = new_conn()
+    with pytest.raises(psycopg.Error, match="refusing me_file 3"):
+        populate(caller, T1, batch_size=1, bind=True)
+    assert populations(conn, T1) == {}
+    assert target_status(conn, T1) == ("not_populated", None)
 
 
 # --------------------------------------------------------------------------
@@ -596,7 +608,9 @@ def test_bad_batch_size_on_populated_target_changes_nothing(conn):
 # --------------------------------------------------------------------------
 # CLI: pgsnap populate
 
-SUMMARY_KEYS = {"target_id", "inserted", "moved", "deleted", "refreshed", "unchanged", "seconds"}
+# the contract's keys, plus the run's final status and its number of batches
+SUMMARY_KEYS = {"target_id", "inserted", "moved", "deleted", "refreshed", "unchanged", "seconds",
+                "status", "batches"}
 
 
 def json_summaries(output):
@@ -617,15 +631,24 @@ def test_cli_populate_two_targets_prints_one_summary_each(conn, cli):
     add_target(conn, T2, bands=[(21, [G10], True)])
     result = cli("populate", str(T1), str(T2))
     assert result.exit_code == 0, result.output
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    assert result.stderr == ""  # no progress bar outside a terminal
+    lines = result.stdout.splitlines()
     assert len(lines) == 2, result.stdout
     for line, target in zip(lines, (T1, T2), strict=True):
-        assert str(target) in line
-        for word in ("inserted", "moved", "deleted", "refreshed", "unchanged"):
-            assert word in line
-    assert "3 inserted" in lines[0] or "inserted 3" in lines[0] or "inserted=3" in lines[0]
+        assert re.fullmatch(
+            rf"target {target}: 3 inserted, 0 moved, 0 deleted, 0 refreshed, 0 unchanged"
+            r" \(1 batches, \d+\.\d\ds\)",
+            line,
+        ), line
     assert populations(conn, T1) == EXAMPLE_1_ROWS
     assert sorted(populations(conn, T2)) == [M1, M2, M3]
+
+
+def test_cli_populate_target_without_bands_says_so(conn, cli):
+    add_target(conn, 5)
+    result = cli("populate", "5")
+    assert (result.exit_code, result.stdout) == (0, "target 5: no bands, status not_populated\n")
+    assert target_status(conn, 5)[0] == "not_populated"
 
 
 def test_cli_populate_json_first_run(conn, cli):
@@ -637,6 +660,7 @@ def test_cli_populate_json_first_run(conn, cli):
     assert [s["target_id"] for s in summaries] == [T1, T2]
     zero = dict(inserted=0, moved=0, deleted=0, refreshed=0, unchanged=0)
     assert [counts(s) for s in summaries] == [{**zero, "inserted": 3}, {**zero, "inserted": 3}]
+    assert [(s["status"], s["batches"]) for s in summaries] == [("populated", 1), ("populated", 1)]
 
 
 def test_cli_populate_json_counts_every_kind_of_change(conn, cli):
@@ -646,6 +670,7 @@ def test_cli_populate_json_counts_every_kind_of_change(conn, cli):
     (summary,) = json_summaries(result.stdout)
     assert summary["target_id"] == T1
     assert counts(summary) == dict(inserted=1, moved=1, deleted=1, refreshed=1, unchanged=1)
+    assert summary["batches"] == 3  # candidates M1, M2, M3, M4, M7 in batches of 2
     assert populations(conn, T1) == CHANGED_ROWS
 
 
@@ -672,6 +697,7 @@ def test_cli_populate_all(conn, cli):
     assert by_target[T1]["inserted"] == 3
     assert by_target[T2]["inserted"] == 3
     assert by_target[3] == dict(inserted=0, moved=0, deleted=0, refreshed=0, unchanged=0)
+    assert [s["target_id"] for s in summaries] == [T1, T2, 3]  # id order
     assert [target_status(conn, t)[0] for t in (T1, T2, 3)] == [
         "populated", "populated", "not_populated"]
     assert populations(conn, T1) == EXAMPLE_1_ROWS
@@ -680,19 +706,21 @@ def test_cli_populate_all(conn, cli):
 def test_cli_populate_unknown_target_is_one_line_error(conn, cli):
     seed_worked_example(conn)
     result = cli("populate", "999")
-    assert result.exit_code == 1
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "999" in lines[0]
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == "error: P0002: target 999 does not exist\n"
     assert row_versions(conn) == {}
 
 
-def test_cli_populate_bad_batch_size_fails_without_writing(conn, cli):
+def test_cli_populate_bad_batch_size_is_a_usage_error(conn, cli):
     seed_worked_example(conn)
     result = cli("populate", str(T1), "--batch-size", "0")
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == "error: batch size must be a positive integer, got 0\n"
     assert row_versions(conn) == {}
     assert target_status(conn, T1) == ("not_populated", None)
+
+
+def test_cli_populate_needs_ids_or_all(conn, cli):
+    for args in ((), ("--all", "1")):
+        result = cli("populate", *args)
+        assert (result.exit_code, result.stderr) == (2, "error: give TARGET_ID... or --all (not both)\n")

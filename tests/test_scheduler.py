@@ -23,6 +23,7 @@ import pytest
 from helpers import add_group, add_me_file, add_target, add_trait, execute, rows, tag, value
 
 from pgsnap import deploy
+from pgsnap.errors import PgsnapError
 from pgsnap.scheduler import Scheduler, leader_pid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,6 +337,25 @@ def test_a_job_with_an_invalid_expression_is_ignored(db_dsn, conn, caplog):
     assert (runs(conn, bad), statuses(conn, good)) == ([], ["succeeded"])
     assert ('job bad ignored: invalid cron expression "0 0 * * 1#2": "#" (nth weekday '
             "of the month) is not supported by pg_cron") in caplog.messages
+
+
+def test_a_leader_that_loses_its_connection_stops_with_an_error(db_dsn, conn):
+    s = Scheduler(db_dsn, clock=FakeClock(at(2030, 1, 1)), tick=0.05)
+    errors: list[str] = []
+
+    def lead() -> None:
+        try:
+            s.run()
+        except PgsnapError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=lead, daemon=True)
+    thread.start()
+    wait_until(lambda: s.steps > 0)
+    execute(conn, "SELECT pg_terminate_backend(%s)", (leader_pid(conn),))
+    thread.join(10)
+    assert (errors, s.role) == (["scheduler lost its database connection: terminating "
+                                 "connection due to administrator command"], "stopped")
 
 
 # -- the CLI with pgsnap's runner ---------------------------------------------------------

@@ -1,0 +1,506 @@
+"""`pgsnap check`, `verify`, `status` and their SQL (issue 6 item 3; sql/80_checks.sql).
+
+Every invariant is broken on purpose, as the superuser the tests run as (dropping a
+constraint in the test database, direct UPDATEs, run-log rows), and `check` must exit 1
+naming it. `verify` differences are made by writing to target_populations directly, or by
+changing tags with the sync triggers disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from helpers import (
+    B1,
+    B2,
+    B3,
+    B9,
+    G10,
+    HIKING,
+    M1,
+    M2,
+    M3,
+    M4,
+    T1,
+    T2,
+    ZIP_02140,
+    add_target,
+    execute,
+    populate,
+    rows,
+    seed_worked_example,
+    set_tag_value,
+    set_target_status,
+    sync_triggers_disabled,
+    untag,
+    value,
+)
+
+from pgsnap import deploy
+
+SHAPE_OK = 'every snapshot is {"tags": [...]}'
+TABLES = ("target_populations", "offers", "ad_events")
+
+
+def utc(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
+@pytest.fixture
+def healthy(conn):
+    """The worked example: T1 populated (M1 in B1, M2 in B2, M3 in B3), T2 not populated,
+    a launched campaign (3 offers), one ad_event, one successful backfill run.
+    Returns the backfill run's id and finish time."""
+    seed_worked_example(conn)
+    add_target(conn, T2, bands=[(B9, [G10], True)])
+    populate(conn, T1)
+    execute(conn, "INSERT INTO campaigns (id, target_id, title) VALUES (1, %s, 'c1')", (T1,))
+    execute(conn, "INSERT INTO bids (campaign_id, target_band_id, offer_amt)"
+                  " VALUES (1, %s, 1.00), (1, %s, 0.50), (1, %s, 0.25)", (B1, B2, B3))
+    assert value(conn, "SELECT pgsnap.launch_campaign(1)") == 3
+    execute(conn, "INSERT INTO ad_events (offer_id, campaign_id, me_file_id, target_band_id, event_type)"
+                  " SELECT id, campaign_id, me_file_id, target_band_id, 'shown' FROM offers"
+                  " WHERE me_file_id = %s", (M1,))
+    execute(conn, "CALL pgsnap.backfill_missing_snapshots()")
+    return rows(conn, "SELECT id, finished_at FROM pgsnap.backfill_runs")[0]
+
+
+def healthy_checks(run_id: int, finished: datetime) -> list[dict]:
+    return [
+        {"check": "null_snapshots:target_populations", "violations": 0, "detail": "0 NULL of 3 rows"},
+        {"check": "snapshot_shape:target_populations", "violations": 0, "detail": SHAPE_OK},
+        {"check": "null_snapshots:offers", "violations": 0, "detail": "0 NULL of 3 rows"},
+        {"check": "snapshot_shape:offers", "violations": 0, "detail": SHAPE_OK},
+        {"check": "null_snapshots:ad_events", "violations": 0, "detail": "0 NULL of 1 row"},
+        {"check": "snapshot_shape:ad_events", "violations": 0, "detail": SHAPE_OK},
+        {"check": "duplicate_populations", "violations": 0, "detail": "one row per (target, me_file)"},
+        {"check": "not_populated_rows", "violations": 0, "detail": "no rows in not_populated targets"},
+        {"check": "stuck_populating", "violations": 0, "detail": "none populating for more than 1 hour"},
+        {"check": "last_backfill_failed", "violations": 0,
+         "detail": f"run {run_id} succeeded at {utc(finished)}"},
+    ]
+
+
+def check_json(cli) -> tuple[int, dict]:
+    result = cli("check", "--json")
+    assert result.stderr == ""
+    return result.exit_code, json.loads(result.stdout)
+
+
+def assert_violation(cli, healthy, name: str, violations: int, detail: str,
+                     other_details: dict[str, str] | None = None) -> None:
+    """`check` exits 1; exactly `name` fails, with that count and detail; the rest is healthy
+    (with `other_details` changed, e.g. a row count)."""
+    code, report = check_json(cli)
+    assert code == 1
+    expected = healthy_checks(*healthy)
+    for entry in expected:
+        if entry["check"] == name:
+            entry.update(violations=violations, detail=detail)
+        elif entry["check"] in (other_details or {}):
+            entry["detail"] = other_details[entry["check"]]
+    assert report == {"healthy": False, "violations": violations, "failing": [name], "checks": expected}
+    text = cli("check")
+    assert text.exit_code == 1
+    word = "violation" if violations == 1 else "violations"
+    assert text.stdout.splitlines()[-1] == f"check: {violations} {word} ({name})"
+    line = next(ln for ln in text.stdout.splitlines() if ln.startswith(name + " "))
+    assert line.split()[1] == str(violations) and line.endswith(detail)
+
+
+# -- check: healthy --------------------------------------------------------------------------------
+def test_check_healthy_json(cli, healthy):
+    code, report = check_json(cli)
+    assert code == 0
+    assert report == {"healthy": True, "violations": 0, "failing": [], "checks": healthy_checks(*healthy)}
+
+
+def test_check_healthy_text(cli, healthy):
+    run_id, finished = healthy
+    result = cli("check")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "check                              violations  detail\n"
+        "null_snapshots:target_populations  0           0 NULL of 3 rows\n"
+        f"snapshot_shape:target_populations  0           {SHAPE_OK}\n"
+        "null_snapshots:offers              0           0 NULL of 3 rows\n"
+        f"snapshot_shape:offers              0           {SHAPE_OK}\n"
+        "null_snapshots:ad_events           0           0 NULL of 1 row\n"
+        f"snapshot_shape:ad_events           0           {SHAPE_OK}\n"
+        "duplicate_populations              0           one row per (target, me_file)\n"
+        "not_populated_rows                 0           no rows in not_populated targets\n"
+        "stuck_populating                   0           none populating for more than 1 hour\n"
+        f"last_backfill_failed               0           run {run_id} succeeded at {utc(finished)}\n"
+        "check: healthy\n"
+    )
+
+
+def test_check_on_an_empty_database_is_healthy(cli):
+    code, report = check_json(cli)
+    assert code == 0
+    assert [(c["check"], c["violations"], c["detail"]) for c in report["checks"]][-1] == (
+        "last_backfill_failed", 0, "no backfill run yet")
+    assert report["checks"][0]["detail"] == "0 NULL of 0 rows"
+
+
+def test_check_invariants_sql_has_one_row_per_check(conn, healthy):
+    assert rows(conn, "SELECT check_name, violations FROM pgsnap.check_invariants()") == [
+        (c["check"], 0) for c in healthy_checks(*healthy)]
+
+
+# -- check: each invariant broken on purpose -------------------------------------------------------
+@pytest.mark.parametrize("table", TABLES)
+def test_check_counts_null_snapshots(cli, conn, healthy, table):
+    execute(conn, f"ALTER TABLE {table} ALTER COLUMN matching_tags_snapshot DROP NOT NULL")
+    execute(conn, f"UPDATE {table} SET matching_tags_snapshot = NULL"
+                  f" WHERE id = (SELECT min(id) FROM {table})")
+    total = value(conn, f"SELECT count(*) FROM {table}")
+    assert_violation(cli, healthy, f"null_snapshots:{table}", 1,
+                     f"1 NULL of {total} {'row' if total == 1 else 'rows'}")
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_check_finds_snapshots_of_the_wrong_shape(cli, conn, healthy, table):
+    execute(conn, f"ALTER TABLE {table} DROP CONSTRAINT {table}_snapshot_shape")
+    ids = [r[0] for r in rows(conn, f"SELECT id FROM {table} ORDER BY id")]
+    bad = ['{"tags": {}}', '[]', '"tags"']
+    for row_id, snap in zip(ids, bad, strict=False):
+        execute(conn, f"UPDATE {table} SET matching_tags_snapshot = %s::jsonb WHERE id = %s", (snap, row_id))
+    n = min(len(ids), len(bad))
+    assert_violation(cli, healthy, f"snapshot_shape:{table}", n,
+                     "not {\"tags\": [...]}: id " + ", ".join(str(i) for i in ids[:n]))
+
+
+def test_check_finds_two_rows_for_one_target_and_me_file(cli, conn, healthy):
+    drop_unique(conn)
+    execute(conn, "INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)"
+                  " VALUES (%s, %s, '{\"tags\": []}')", (B3, M1))
+    assert_violation(cli, healthy, "duplicate_populations", 1, f"target {T1} me_file {M1} (2 rows)",
+                     {"null_snapshots:target_populations": "0 NULL of 4 rows"})
+
+
+def test_check_finds_rows_in_a_not_populated_target(cli, conn, healthy):
+    set_target_status(conn, T1, "not_populated")
+    assert_violation(cli, healthy, "not_populated_rows", 3, f"target {T1} (3 rows)")
+
+
+def test_check_populating_is_fine_until_the_threshold(cli, conn, healthy):
+    set_target_status(conn, T1, "populating")
+    since = value(conn, "SELECT value::timestamptz FROM pgsnap.settings WHERE key = 'populating_since:1'")
+    assert abs(since - value(conn, "SELECT now()")) < timedelta(seconds=1)
+    assert check_json(cli) == (0, {"healthy": True, "violations": 0, "failing": [],
+                                   "checks": healthy_checks(*healthy)})
+
+
+def test_check_finds_a_target_stuck_populating(cli, conn, healthy):
+    set_target_status(conn, T1, "populating")
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    execute(conn, "UPDATE pgsnap.settings SET value = %s WHERE key = 'populating_since:1'",
+            (since.isoformat(),))
+    assert_violation(cli, healthy, "stuck_populating", 1,
+                     f"populating for more than 1 hour: target {T1} since {utc(since)}"
+                     " (nobody is populating it)")
+
+
+def test_check_stuck_threshold_is_the_setting(cli, conn, healthy):
+    execute(conn, "UPDATE pgsnap.settings SET value = '0 seconds' WHERE key = 'populating_stuck_after'")
+    set_target_status(conn, T1, "populating")
+    since = value(conn, "SELECT value::timestamptz FROM pgsnap.settings WHERE key = 'populating_since:1'")
+    code, report = check_json(cli)
+    assert code == 1 and report["failing"] == ["stuck_populating"]
+    assert report["checks"][8]["detail"] == (
+        f"populating for more than 0 seconds: target {T1} since {utc(since)} (nobody is populating it)")
+
+
+def test_check_names_the_session_still_populating(cli, conn, new_conn, healthy):
+    worker = new_conn()
+    execute(worker, "SELECT pgsnap._populate_begin(%s, 500)", (T1,))  # holds populate:1, status populating
+    execute(conn, "UPDATE pgsnap.settings SET value = '2026-01-02T03:04:05Z'"
+                  " WHERE key = 'populating_since:1'")
+    code, report = check_json(cli)
+    assert code == 1
+    assert report["checks"][8] == {
+        "check": "stuck_populating", "violations": 1,
+        "detail": f"populating for more than 1 hour: target {T1} since 2026-01-02 03:04:05 UTC"
+                  f" (pid {worker.info.backend_pid} still populating it)"}
+
+
+def test_check_without_a_recorded_start_falls_back_to_last_populated_at(cli, conn, healthy):
+    set_target_status(conn, T1, "populating", last_populated_at=datetime(2026, 1, 1, tzinfo=UTC))
+    execute(conn, "DELETE FROM pgsnap.settings WHERE key = 'populating_since:1'")
+    assert_violation(cli, healthy, "stuck_populating", 1,
+                     f"populating for more than 1 hour: target {T1} since an unknown time"
+                     " (nobody is populating it)")
+
+
+def test_populating_start_is_recorded_and_cleared_by_populate(conn, new_conn, healthy):
+    worker = new_conn()
+    execute(worker, "SELECT pgsnap._populate_begin(%s, 500)", (T1,))
+    ((target, since, last, pid),) = rows(conn, "SELECT * FROM pgsnap.populating_targets()")
+    assert (target, pid) == (T1, worker.info.backend_pid)
+    assert abs(since - value(conn, "SELECT now()")) < timedelta(seconds=5)
+    assert last is not None
+    execute(worker, "SELECT pgsnap._populate_finish(%s)", (T1,))
+    assert rows(conn, "SELECT * FROM pgsnap.populating_targets()") == []
+    assert rows(conn, "SELECT key FROM pgsnap.settings WHERE key LIKE 'populating_since:%'") == []
+    set_target_status(conn, T2, "populating")
+    execute(conn, "DELETE FROM targets WHERE id = %s", (T2,))
+    assert rows(conn, "SELECT key FROM pgsnap.settings WHERE key LIKE 'populating_since:%'") == []
+
+
+def test_check_finds_a_failed_last_backfill_run(cli, conn, healthy):
+    run_id = value(conn, "INSERT INTO pgsnap.backfill_runs (status, finished_at, error)"
+                         " VALUES ('failed', '2026-01-02 03:04:05+00', 'boom: out of disk') RETURNING id")
+    detail = f"run {run_id} failed at 2026-01-02 03:04:05 UTC: boom: out of disk"
+    # started now, so it is the latest; a skipped run after it does not hide it
+    execute(conn, "INSERT INTO pgsnap.backfill_runs (status, finished_at) VALUES ('skipped', now())")
+    assert_violation(cli, healthy, "last_backfill_failed", 1, detail)
+    execute(conn, "CALL pgsnap.backfill_missing_snapshots()")  # a later run succeeds: healthy again
+    code, report = check_json(cli)
+    assert code == 0
+    assert report["checks"][9]["detail"].startswith(f"run {run_id + 2} succeeded at ")
+
+
+def test_check_finds_a_backfill_run_whose_session_is_gone(cli, conn, healthy):
+    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) + timedelta(days=3650)  # the latest
+    run_id = value(conn, "INSERT INTO pgsnap.backfill_runs (pid, started_at, status)"
+                         " VALUES (2147483647, %s, 'running') RETURNING id", (started,))
+    assert_violation(cli, healthy, "last_backfill_failed", 1,
+                     f"run {run_id} started at {utc(started)} is still marked running"
+                     " but its session (pid 2147483647) is gone")
+
+
+def test_check_a_running_backfill_is_fine(cli, conn, healthy):
+    run_id = value(conn, "INSERT INTO pgsnap.backfill_runs (status, started_at) VALUES ('running', now())"
+                         " RETURNING id")  # this test's own session: alive
+    code, report = check_json(cli)
+    assert code == 0
+    assert report["checks"][9]["detail"].startswith(f"run {run_id} running at ")
+
+
+def test_check_reports_every_failing_check(cli, conn, healthy):
+    set_target_status(conn, T1, "not_populated")
+    execute(conn, "INSERT INTO pgsnap.backfill_runs (status, finished_at, error)"
+                  " VALUES ('failed', now(), 'x')")
+    result = cli("check")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[-1] == "check: 4 violations (not_populated_rows, last_backfill_failed)"
+
+
+# -- check: cannot check ---------------------------------------------------------------------------
+def test_check_cannot_connect_exits_2(cli):
+    result = cli("check", dsn="host=127.0.0.1 port=1 dbname=nowhere connect_timeout=3")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: cannot connect to 127.0.0.1:1/nowhere: ")
+
+
+def test_check_when_the_check_itself_fails_exits_2(cli, conn):
+    execute(conn, "DROP FUNCTION pgsnap.check_invariants()")
+    result = cli("check", "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == "error: cannot check: 42883: function pgsnap.check_invariants() does not exist\n"
+
+
+def test_behind_database_cannot_be_checked_but_has_a_status(cli, empty_db_dsn):
+    deploy.migrate(empty_db_dsn, to="0004.snapshot-checks")
+    result = cli("check", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == "error: database is behind this pgsnap: run `pgsnap migrate`\n"
+    result = cli("verify", "1", dsn=empty_db_dsn)
+    assert result.exit_code == 2
+    status = cli("status", dsn=empty_db_dsn)
+    assert status.exit_code == 0, status.output
+    ids = [m.id for m in deploy.read_migrations()]
+    pending = ids[ids.index("0004.snapshot-checks") + 1:]
+    assert section(status.stdout, "migrations") == [
+        f"{len(ids) - len(pending)} applied, {len(pending)} pending",
+        *(f"pending: {mid}" for mid in pending),
+        "run `pgsnap migrate`",
+    ]
+    assert section(status.stdout, "targets")[:3] == [
+        "populated      0", "populating     0", "not_populated  0"]
+
+
+# -- verify --------------------------------------------------------------------------------------
+def verify(cli, target=T1) -> tuple[int, list[str]]:
+    result = cli("verify", target)
+    assert result.stderr == ""
+    return result.exit_code, result.stdout.splitlines()
+
+
+def drop_unique(conn) -> None:
+    execute(conn, "ALTER TABLE target_populations"
+                  " DROP CONSTRAINT target_populations_target_id_me_file_id_key")
+
+
+def test_verify_healthy_target(cli, conn, healthy):
+    assert verify(cli) == (0, [f"target {T1} (populated, 3 rows): no differences"])
+    assert verify(cli, T2) == (0, [f"target {T2} (not_populated, 0 rows): no differences"])
+    assert rows(conn, "SELECT * FROM pgsnap.verify_target(%s)", (T1,)) == []
+
+
+BREAK = {
+    "missing": (
+        lambda conn: execute(conn, "DELETE FROM target_populations WHERE me_file_id = %s", (M2,)),
+        [f"me_file {M2}: missing expected {B2} actual -"], 2),
+    "extra": (
+        lambda conn: execute(conn, "INSERT INTO target_populations (target_band_id, me_file_id,"
+                                   " matching_tags_snapshot) VALUES (%s, %s, '{\"tags\": []}')", (B3, M4)),
+        [f"me_file {M4}: extra expected - actual {B3}"], 4),
+    "wrong_band": (
+        lambda conn: execute(conn, "UPDATE target_populations SET target_band_id = %s WHERE me_file_id = %s",
+                             (B2, M1)),
+        [f"me_file {M1}: wrong_band expected {B1} actual {B2}"], 3),
+    "stale_snapshot": (
+        lambda conn: execute(conn, "UPDATE target_populations SET matching_tags_snapshot = '{\"tags\": []}'"
+                                   " WHERE me_file_id = %s", (M3,)),
+        [f"me_file {M3}: stale_snapshot expected {B3} actual {B3}"], 3),
+    "null_snapshot": (
+        lambda conn: (execute(conn, "ALTER TABLE target_populations ALTER COLUMN matching_tags_snapshot"
+                                    " DROP NOT NULL"),
+                      execute(conn, "UPDATE target_populations SET matching_tags_snapshot = NULL"
+                                    " WHERE me_file_id = %s", (M3,))),
+        [f"me_file {M3}: null_snapshot expected {B3} actual {B3}"], 3),
+    "duplicate": (
+        lambda conn: (drop_unique(conn),
+                      execute(conn, "INSERT INTO target_populations (target_band_id, me_file_id,"
+                                    " matching_tags_snapshot) VALUES (%s, %s, '{\"tags\": []}')", (B3, M1))),
+        [f"me_file {M1}: duplicate expected {B1} actual {B3}"], 4),
+}
+
+
+@pytest.mark.parametrize("problem", list(BREAK))
+def test_verify_finds_each_kind_of_difference(cli, conn, healthy, problem):
+    damage, lines, n_rows = BREAK[problem]
+    damage(conn)
+    assert verify(cli) == (1, [*lines, f"target {T1} (populated, {n_rows} rows): 1 difference (1 {problem})"])
+    ((me_file, kind, expected, actual),) = rows(conn, "SELECT * FROM pgsnap.verify_target(%s)", (T1,))
+    assert kind == problem
+    assert lines == [f"me_file {me_file}: {kind} expected {expected or '-'} actual {actual or '-'}"]
+
+
+def test_verify_finds_changes_the_sync_did_not_make(cli, conn, healthy):
+    with sync_triggers_disabled(conn):
+        set_tag_value(conn, M1, HIKING, "Trekking")  # M1 stays in B1, its snapshot changes
+        untag(conn, M2, ZIP_02140)                   # M2 falls from B2 to B3
+    assert verify(cli) == (1, [
+        f"me_file {M1}: stale_snapshot expected {B1} actual {B1}",
+        f"me_file {M2}: wrong_band expected {B3} actual {B2}",
+        f"target {T1} (populated, 3 rows): 2 differences (1 wrong_band, 1 stale_snapshot)",
+    ])
+    populate(conn, T1)
+    assert verify(cli) == (0, [f"target {T1} (populated, 3 rows): no differences"])
+
+
+def test_verify_lists_every_difference_in_me_file_order(cli, conn, healthy):
+    drop_unique(conn)
+    for problem in ("missing", "wrong_band", "extra"):
+        BREAK[problem][0](conn)
+    execute(conn, "INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)"
+                  " VALUES (%s, %s, '{\"tags\": []}')", (B2, M3))
+    assert verify(cli) == (1, [
+        f"me_file {M1}: wrong_band expected {B1} actual {B2}",
+        f"me_file {M2}: missing expected {B2} actual -",
+        f"me_file {M3}: duplicate expected {B3} actual {B2}",
+        f"me_file {M4}: extra expected - actual {B3}",
+        f"target {T1} (populated, 4 rows): 4 differences (1 missing, 1 extra, 1 wrong_band, 1 duplicate)",
+    ])
+
+
+def test_verify_a_not_populated_target_expects_no_rows(cli, conn, healthy):
+    set_target_status(conn, T1, "not_populated")
+    assert verify(cli) == (1, [
+        f"me_file {M1}: extra expected - actual {B1}",
+        f"me_file {M2}: extra expected - actual {B2}",
+        f"me_file {M3}: extra expected - actual {B3}",
+        f"target {T1} (not_populated, 3 rows): 3 differences (3 extra)",
+    ])
+
+
+def test_verify_unknown_target(cli, conn):
+    result = cli("verify", "99")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "error: target 99 does not exist\n")
+    with pytest.raises(psycopg.errors.NoDataFound) as raised:
+        conn.execute("SELECT * FROM pgsnap.verify_target(99)")
+    assert raised.value.diag.message_primary == "target 99 does not exist"
+
+
+# -- status --------------------------------------------------------------------------------------
+def section(stdout: str, title: str) -> list[str]:
+    """The lines of one status section, without their two-space indent."""
+    lines = stdout.splitlines()
+    start = lines.index(title) + 1
+    end = lines.index("", start)
+    assert all(ln.startswith("  ") for ln in lines[start:end])
+    return [ln[2:] for ln in lines[start:end]]
+
+
+def test_status_shows_every_section(cli, conn, healthy):
+    run_id, finished = healthy
+    installed = cli("schedule", "install", "--runner", "pgsnap")
+    assert installed.exit_code == 0, installed.output
+    jobid = value(conn, "SELECT jobid FROM pgsnap.jobs WHERE jobname = 'pgsnap-backfill'")
+    set_target_status(conn, T2, "populating")
+    since = value(conn, "SELECT value::timestamptz FROM pgsnap.settings WHERE key = 'populating_since:2'")
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert re.match(r"pgsnap status of 127\.0\.0\.1:\d+/\S+ at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\n\n", out)
+    assert [ln for ln in out.splitlines() if ln and not ln.startswith(" ")][1:] == [
+        "targets", "snapshots", "backfill runs (latest 5)", "schedule", "migrations"]
+    assert section(out, "targets") == [
+        "populated      1",
+        "populating     1",
+        "not_populated  0",
+        f"target {T2} populating since {utc(since)}; nobody is populating it",
+    ]
+    assert section(out, "snapshots") == [
+        "table               NULL  rows",
+        "target_populations  0     3",
+        "offers              0     3",
+        "ad_events           0     1",
+    ]
+    runs = section(out, "backfill runs (latest 5)")
+    assert runs[0].split() == ["id", "started", "(UTC)", "finished", "(UTC)", "status", "batches",
+                               "target_populations", "offers", "ad_events", "error"]
+    assert runs[1].split()[0] == str(run_id) and runs[1].split()[3:6] == [
+        finished.astimezone(UTC).strftime("%Y-%m-%d"), finished.astimezone(UTC).strftime("%H:%M:%S"),
+        "succeeded"]
+    assert runs[1].split()[6:] == ["0", "0", "0", "0", "-"]
+    schedule = section(out, "schedule")
+    assert schedule[0].split() == ["runner", "jobid", "name", "schedule", "active", "last", "run", "(UTC)",
+                                   "status", "next", "run", "(UTC)"]
+    job = schedule[1].split()
+    assert job[:10] == ["pgsnap", str(jobid), "pgsnap-backfill", "0", "*", "*", "*", "*", "yes", "-"]
+    assert job[10] == "-"
+    next_run = datetime.strptime(" ".join(job[11:13]), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert next_run.minute == 0 and next_run.second == 0
+    assert timedelta(0) < next_run - datetime.now(UTC) <= timedelta(hours=1)
+    assert "pgsnap scheduler: not running; its jobs run only under `pgsnap schedule run`" in schedule
+    n = len(deploy.read_migrations())
+    assert section(out, "migrations") == [f"{n} applied, 0 pending"]
+
+
+def test_status_without_jobs_or_runs(cli):
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    assert section(result.stdout, "backfill runs (latest 5)") == ["no backfill run yet"]
+    assert section(result.stdout, "schedule")[0] == (
+        "no jobs: the safety-net backfill is not scheduled; run `pgsnap schedule install`")
+
+
+def test_status_shows_the_latest_five_runs_newest_first(cli, conn):
+    for i in range(7):
+        execute(conn, "INSERT INTO pgsnap.backfill_runs (started_at, finished_at, status, error)"
+                      " VALUES (%s, %s, %s, %s)",
+                (datetime(2026, 1, 1, i, tzinfo=UTC), datetime(2026, 1, 1, i, 5, tzinfo=UTC),
+                 "failed" if i == 5 else "succeeded", "boom\nsecond line" if i == 5 else None))
+    runs = section(cli("status").stdout, "backfill runs (latest 5)")
+    assert [r.split()[0] for r in runs[1:]] == ["7", "6", "5", "4", "3"]
+    assert runs[2].split()[5:] == ["failed", "0", "0", "0", "0", "boom"]

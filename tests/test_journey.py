@@ -1,0 +1,267 @@
+"""The NOT NULL journey of design.md section 5 on pgsnap's real migrations (issue 5):
+a legacy database taken to the enforced state by one `pgsnap migrate`; the refusal while NULLs
+remain; lock contention on `offers`; `--no-backfill`."""
+
+import re
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pgsnap import deploy
+from tests import helpers as h
+from tests.legacy_data import (
+    EVENT_COPY,
+    OLD_COPY,
+    SNAPSHOT_TABLES,
+    STALE,
+    applied,
+    attnotnull,
+    expected_snapshots,
+    legacy_database,
+    migration_ids,
+    null_counts,
+    seed_legacy_journey,
+    snapshot_constraints,
+    snapshots,
+)
+
+IDS = migration_ids()
+BASELINE = "0001.baseline-schema"
+ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS = (
+    "0005.enforce-target-populations-snapshot", "0006.enforce-offers-snapshot", "0007.enforce-ad-events-snapshot")
+SQL_FILES = len(list(deploy.sql_dir().glob("*.sql")))  # sql/ is deployed whole
+STOPPED = f"stopped before {ENFORCE_TP} (--no-backfill): run `pgsnap backfill`, then `pgsnap migrate`\n"
+ENFORCED_CONSTRAINTS = {f"{t}_snapshot_shape": True for t in SNAPSHOT_TABLES}
+MID_JOURNEY_CONSTRAINTS = {**{f"{t}_snapshot_shape": False for t in SNAPSHOT_TABLES},
+                           **{f"{t}_snapshot_not_null": False for t in SNAPSHOT_TABLES}}
+
+
+def test_the_migration_ids_this_file_relies_on():
+    assert IDS == [BASELINE, "0002.pgsnap-schema", "0003.scheduler", "0004.snapshot-checks",
+                   ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS]
+
+
+def stage_legacy(cli, dsn) -> dict:
+    """`pgsnap migrate --to 0001.baseline-schema`, then the legacy rows."""
+    result = cli("migrate", "--to", BASELINE, dsn=dsn)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, f"applying {BASELINE}\n", "")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return seed_legacy_journey(c)
+
+
+def assert_enforced(dsn):
+    assert applied(dsn) == IDS
+    with psycopg.connect(dsn) as c:
+        assert null_counts(c) == dict.fromkeys(SNAPSHOT_TABLES, 0)
+        assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, True)
+        assert snapshot_constraints(c) == ENFORCED_CONSTRAINTS  # no *_snapshot_not_null left
+
+
+def test_legacy_journey_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn):
+    legacy = stage_legacy(cli, empty_db_dsn)
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        "applying 0002.pgsnap-schema\napplying 0003.scheduler\napplying 0004.snapshot-checks\n"
+        "backfilling NULL snapshots\n"
+        f"applying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
+        "backfilled target_populations 3, offers 6, ad_events 10\n"
+        f"deployed {SQL_FILES} sql/ files\n"
+    )
+    assert_enforced(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn) as c:
+        # 0002 kept M1's row in the band the rule picks (B1: most groups), dropped the B3 one
+        assert h.rows(c, "SELECT id, target_band_id, me_file_id FROM target_populations ORDER BY id") == [
+            (1, h.B1, h.M1), (3, h.B2, h.M2), (4, h.B3, h.M3), (5, h.B2, h.M5)]
+        expected = expected_snapshots(c, legacy)
+        for table in SNAPSHOT_TABLES:
+            assert snapshots(c, table) == expected[table], table
+        # spelled out, the rules that matter most
+        built = lambda m, b: h.build_snapshot(c, m, b)  # noqa: E731
+        tp, offers, events = (snapshots(c, t) for t in SNAPSHOT_TABLES)
+        assert tp[1] == built(h.M1, h.B1)
+        assert tp[3] == STALE  # a filled population is never overwritten
+        assert tp[5] == built(h.M5, h.B2) == h.snapshot(
+            [h.SEX, "Sex (Biological)", 1, [[h.FEMALE, "Female", 2]]],
+            [h.HOME_ZIP, "Home Zip Code", 1, [[h.ZIP_02140, "02140", 2140]]])  # {} rebuilt; blank -> name
+        assert offers[2] == STALE  # defect 2: the population was filled long before
+        assert offers[4] == built(h.M1, h.B3)  # its population is gone: built
+        assert offers[6] == OLD_COPY
+        assert events[2] == events[6] == events[9] == STALE
+        assert events[5] == OLD_COPY and events[8] == EVENT_COPY
+        assert events[10] == h.EMPTY_SNAPSHOT
+    # a second migrate has nothing to do
+    again = cli("migrate", dsn=empty_db_dsn)
+    assert (again.exit_code, again.stdout) == (
+        0, f"nothing to apply: the database is up to date\ndeployed {SQL_FILES} sql/ files\n")
+
+
+def test_empty_database_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn):
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == "".join(f"applying {m}\n" for m in IDS[:4]) + "backfilling NULL snapshots\n" + \
+        "".join(f"applying {m}\n" for m in IDS[4:]) + f"deployed {SQL_FILES} sql/ files\n"
+    assert_enforced(empty_db_dsn)
+
+
+def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
+    stage_legacy(cli, empty_db_dsn)
+    result = cli("migrate", "--no-backfill", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        "applying 0002.pgsnap-schema\napplying 0003.scheduler\napplying 0004.snapshot-checks\n"
+        f"{STOPPED}deployed {SQL_FILES} sql/ files\n")
+    assert applied(empty_db_dsn) == IDS[:4]
+    with psycopg.connect(empty_db_dsn) as c:
+        assert null_counts(c) == {"target_populations": 3, "offers": 6, "ad_events": 10}  # nothing filled
+        assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
+        assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
+        # new NULLs are refused at once, legacy ones tolerated
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            c.execute("UPDATE target_populations SET matching_tags_snapshot = NULL WHERE id = 3")
+        assert refused.value.diag.message_primary == (
+            'new row for relation "target_populations" violates check constraint '
+            '"target_populations_snapshot_not_null"')
+    # run again: it stops at the same place, and still fills nothing
+    again = cli("migrate", "--no-backfill", dsn=empty_db_dsn)
+    assert (again.exit_code, again.stdout) == (0, f"{STOPPED}deployed {SQL_FILES} sql/ files\n")
+    # `pgsnap backfill`, then `pgsnap migrate`, as the message says
+    filled = cli("backfill", dsn=empty_db_dsn)
+    assert (filled.exit_code, filled.stdout) == (
+        0, "backfill run 1 succeeded: 1 batches; filled target_populations 3, offers 6, ad_events 10\n")
+    done = cli("migrate", dsn=empty_db_dsn)
+    assert (done.exit_code, done.stdout) == (
+        0, f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n"
+           f"applying {ENFORCE_EVENTS}\ndeployed {SQL_FILES} sql/ files\n")
+    assert_enforced(empty_db_dsn)
+
+
+def test_refusal_while_nulls_remain_applies_no_enforcement(cli, empty_db_dsn):
+    """NULL rows the backfill cannot take (another session holds them) -> migrate refuses with the
+    counts and the command; the fillable rows are filled; no enforcement step is applied."""
+    stage_legacy(cli, empty_db_dsn)
+    assert cli("migrate", "--no-backfill", dsn=empty_db_dsn).exit_code == 0
+    holder = psycopg.connect(empty_db_dsn, autocommit=False)
+    try:
+        # population 4 (NULL), offer 1 (NULL) and so its ad_event 1 stay out of the backfill's reach
+        holder.execute("SELECT 1 FROM target_populations WHERE id = 4 FOR UPDATE")
+        holder.execute("SELECT 1 FROM offers WHERE id = 1 FOR UPDATE")
+        result = cli("migrate", dsn=empty_db_dsn)
+        assert result.exit_code == 1
+        assert result.stderr == (
+            "error: cannot enforce NOT NULL: 3 NULL snapshots remain "
+            "(target_populations 1, offers 1, ad_events 1); run `pgsnap backfill`, then `pgsnap migrate`\n")
+        assert result.stdout == "backfilling NULL snapshots\n"
+        assert applied(empty_db_dsn) == IDS[:4]
+        with psycopg.connect(empty_db_dsn) as c:
+            assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
+            assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
+            assert h.rows(c, "SELECT 'tp', id FROM target_populations WHERE matching_tags_snapshot IS NULL"
+                             " UNION ALL SELECT 'offers', id FROM offers WHERE matching_tags_snapshot IS NULL"
+                             " UNION ALL SELECT 'ad_events', id FROM ad_events WHERE matching_tags_snapshot IS NULL"
+                             " ORDER BY 1, 2") == [("ad_events", 1), ("offers", 1), ("tp", 4)]
+    finally:
+        holder.close()
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert_enforced(empty_db_dsn)
+
+
+def _blocked_migrate_message(blocker, dsn, table):
+    with psycopg.connect(dsn) as c:
+        xact_start = c.execute("SELECT xact_start FROM pg_stat_activity WHERE pid = %s",
+                               [blocker.info.backend_pid]).fetchone()[0]
+    return (
+        f"error: could not lock table {table} after 3 attempts (lock_timeout 100ms); blocked by pid "
+        f"{blocker.info.backend_pid} (blocker, idle in transaction, since {xact_start:%Y-%m-%d %H:%M:%S%z}: "
+        f"LOCK TABLE {table} IN ACCESS SHARE MODE); nothing was changed by this step; "
+        "re-run `pgsnap migrate` when it is gone\n")
+
+
+def test_lock_contention_on_offers_gives_up_naming_table_and_blocker_then_a_rerun_finishes(cli, empty_db_dsn):
+    legacy = stage_legacy(cli, empty_db_dsn)
+    assert cli("migrate", "--no-backfill", dsn=empty_db_dsn).exit_code == 0
+    blocker = psycopg.connect(empty_db_dsn, autocommit=False, application_name="blocker")
+    try:
+        blocker.execute("LOCK TABLE offers IN ACCESS SHARE MODE")
+        started = time.monotonic()
+        result = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
+        elapsed = time.monotonic() - started
+        assert result.exit_code == 3
+        assert result.stderr == _blocked_migrate_message(blocker, empty_db_dsn, "offers")
+        assert result.stdout == (f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n")
+        assert elapsed < 30  # bounded: 3 short attempts and their backoff, no endless wait
+        # consistent: target_populations enforced, offers untouched by its failed step, ad_events after it
+        assert applied(empty_db_dsn) == IDS[:5]
+        with psycopg.connect(empty_db_dsn) as c:
+            assert attnotnull(c) == {"target_populations": True, "offers": False, "ad_events": False}
+            assert snapshot_constraints(c) == {
+                "target_populations_snapshot_shape": True,
+                "offers_snapshot_shape": False, "offers_snapshot_not_null": False,  # VALIDATE rolled back
+                "ad_events_snapshot_shape": False, "ad_events_snapshot_not_null": False}
+            assert null_counts(c) == dict.fromkeys(SNAPSHOT_TABLES, 0)  # the backfill did its part
+    finally:
+        blocker.commit()
+        blocker.close()
+    rerun = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
+    assert (rerun.exit_code, rerun.stderr) == (0, "")
+    assert rerun.stdout == (f"backfilling NULL snapshots\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
+                            f"deployed {SQL_FILES} sql/ files\n")
+    assert_enforced(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn) as c:
+        expected = expected_snapshots(c, legacy)
+        for table in SNAPSHOT_TABLES:
+            assert snapshots(c, table) == expected[table], table
+
+
+def test_lock_contention_retries_until_the_blocker_commits(cli, empty_db_dsn):
+    stage_legacy(cli, empty_db_dsn)
+    assert cli("migrate", "--no-backfill", dsn=empty_db_dsn).exit_code == 0
+    blocker = psycopg.connect(empty_db_dsn, autocommit=False)
+    blocker.execute("LOCK TABLE offers IN ACCESS SHARE MODE")
+    release = threading.Timer(0.5, blocker.commit)
+    release.start()
+    try:
+        result = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "10", dsn=empty_db_dsn)
+    finally:
+        release.join()
+        blocker.close()
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert_enforced(empty_db_dsn)
+
+
+LEGACY_LOCK_BUG = ("bug: 0002/0004 take ACCESS EXCLUSIVE locks but carry no `-- pgsnap: lock` marker, so "
+                   "--lock-timeout/--lock-retries do not apply: 0004 waits its own 5s then fails with "
+                   "'error: 55P03: canceling statement due to lock timeout' (exit 1, no table, no blocker); "
+                   "0002 has no lock_timeout at all and waits for as long as the blocker lives")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEGACY_LOCK_BUG)
+@pytest.mark.parametrize("table, done", [("offers", IDS[:3]), ("target_populations", IDS[:1])])
+def test_lock_contention_from_a_legacy_database_names_the_table(cli, empty_db_dsn, table, done):
+    """From a legacy database, 0002 (target_populations, target_bands) and 0004 (all three tables)
+    take ACCESS EXCLUSIVE locks too: under --lock-timeout, with retries, naming table and blocker."""
+    stage_legacy(cli, empty_db_dsn)
+    blocker = psycopg.connect(empty_db_dsn, autocommit=False, application_name="blocker")
+    blocker.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+    safety = threading.Timer(8, blocker.commit)  # a migrate that waits forever would hang the test
+    safety.start()
+    try:
+        started = time.monotonic()
+        result = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
+        elapsed = time.monotonic() - started
+        assert result.exit_code == 3, (elapsed, result.stderr)
+        assert re.fullmatch(rf"error: could not lock table {table} after 3 attempts \(lock_timeout 100ms\); "
+                            rf"blocked by pid {blocker.info.backend_pid} \(blocker, .*\); nothing was changed "
+                            r"by this step; re-run `pgsnap migrate` when it is gone\n", result.stderr)
+        assert elapsed < 4, elapsed  # 3 x 100ms and the backoff, not 0004's own 5s
+        assert applied(empty_db_dsn) == done
+    finally:
+        safety.cancel()
+        blocker.commit()
+        blocker.close()
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert_enforced(empty_db_dsn)
