@@ -2,7 +2,7 @@
 VENV := .venv
 PYTEST_ARGS ?= -q -rfEs
 
-.PHONY: setup test demo lint bench
+.PHONY: setup test demo lint bench schema
 
 setup:
 	@scripts/setup.sh
@@ -15,6 +15,11 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python scripts/squawk_lint.py
 
 bench: setup
 	$(VENV)/bin/python -m bench
+
+# Rebuild the committed schema dump (schema/pgsnap.schema.sql) after a schema change.
+schema: setup
+	$(VENV)/bin/python scripts/dump_schema.py

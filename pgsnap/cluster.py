@@ -1,7 +1,7 @@
 """A private throwaway PostgreSQL 15 cluster for `pgsnap demo`, the tests and the benchmark.
 
-initdb/pg_ctl refuse to run as root, so when we are root they run as the `postgres` OS user
-(via runuser) in a directory chowned to it; the Python process itself stays as it is.
+initdb, postgres and pg_ctl refuse to run as root, so when we are root they run as the `postgres`
+OS user (via runuser) in a directory chowned to it; the Python process itself stays as it is.
 Everything lives in one `mkdtemp` directory that is removed on exit, whatever happens.
 """
 
@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _quote_conf(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
@@ -98,6 +103,7 @@ class EmbeddedCluster:
         self._bindir: Path | None = None
         self._as_root = os.geteuid() == 0
         self._proc: subprocess.Popen | None = None
+        self._trapped_sigterm = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "EmbeddedCluster":
@@ -122,6 +128,7 @@ class EmbeddedCluster:
         self.has_pg_cron = pg_cron_available(self._bindir)
         self.root = Path(tempfile.mkdtemp(prefix="pgsnap-"))
         atexit.register(self.stop)  # safety net if the caller never reaches stop()
+        self._trap_sigterm()
         try:
             if self._as_root:
                 pw = self._server_account()
@@ -209,6 +216,17 @@ class EmbeddedCluster:
                 shutil.rmtree(self.root, ignore_errors=True)
                 self.root = None
             atexit.unregister(self.stop)
+            if self._trapped_sigterm and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                self._trapped_sigterm = False
+
+    def _trap_sigterm(self) -> None:
+        """Make SIGTERM unwind like Ctrl+C (so __exit__/atexit stop the server) unless the
+        program already handles it. Python's default would die on the spot, leaving the server."""
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._trapped_sigterm = True
 
     def _kill(self) -> None:
         """Last resort: SIGQUIT the postmaster (immediate shutdown), then reap our child."""

@@ -155,13 +155,31 @@ def _targets(conn: psycopg.Connection) -> list[str]:
     return lines
 
 
+NOT_INSTALLED = "pgsnap is not installed in this database yet: run `pgsnap migrate`"
+# the seed's three queries, for a legacy database without pgsnap.snapshot_health()
+LEGACY_HEALTH = " UNION ALL ".join(
+    f"SELECT '{t}', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*) FROM public.{t}"
+    for t in deploy.SNAPSHOT_TABLES)
+
+
+def _exists(conn: psycopg.Connection, regclass: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass]).fetchone()[0]
+
+
 def _snapshots(conn: psycopg.Connection) -> list[str]:
-    rows = conn.execute(
-        "SELECT table_name, null_snapshots, total_rows FROM pgsnap.snapshot_health()").fetchall()
+    if conn.execute("SELECT to_regprocedure('pgsnap.snapshot_health()') IS NOT NULL").fetchone()[0]:
+        rows = conn.execute(
+            "SELECT table_name, null_snapshots, total_rows FROM pgsnap.snapshot_health()").fetchall()
+    else:
+        rows = conn.execute(LEGACY_HEALTH).fetchall()
+    order = {t: i for i, t in enumerate(deploy.SNAPSHOT_TABLES)}
+    rows.sort(key=lambda r: (order.get(r[0], len(order)), r[0]))
     return _table([("table", "NULL", "rows"), *rows])
 
 
 def _backfill_runs(conn: psycopg.Connection) -> list[str]:
+    if not _exists(conn, "pgsnap.backfill_runs"):
+        return [NOT_INSTALLED]
     runs = conn.execute(
         "SELECT id, started_at, finished_at, status, batches, target_populations, offers, ad_events,"
         "       error FROM pgsnap.backfill_runs ORDER BY started_at DESC, id DESC LIMIT 5").fetchall()
@@ -178,6 +196,8 @@ def _schedule(app: App, conn: psycopg.Connection) -> list[str]:
     from pgsnap import cron, scheduler
     from pgsnap.cmd_schedule import list_jobs, runners
 
+    if not _exists(conn, "pgsnap.jobs"):
+        return [NOT_INSTALLED]
     with runners(conn, app.dsn) as r:
         jobs = list_jobs(r)
         cron_problem = r.cron_problem if r.cron is None else None
@@ -205,7 +225,7 @@ def _schedule(app: App, conn: psycopg.Connection) -> list[str]:
     return lines
 
 
-def _migrations(app: App) -> list[str]:
+def _migrations(app: App, conn: psycopg.Connection) -> list[str]:
     rows = deploy.status(app.dsn)
     known = {m.id for m in deploy.read_migrations()}
     applied = [mid for mid, at in rows if at is not None]
@@ -216,6 +236,12 @@ def _migrations(app: App) -> list[str]:
     if pending:
         lines.append("run `pgsnap migrate`")
     lines += [f"applied but unknown to this pgsnap: {mid} (upgrade pgsnap)" for mid in unknown]
+    # yoyo's lock row: a `pgsnap migrate` is running, or one died and left it (stale)
+    if _exists(conn, "yoyo_lock"):
+        for pid, ctime in conn.execute("SELECT pid, ctime FROM yoyo_lock ORDER BY ctime"):
+            lines.append(f"migration lock held by process {pid} since "
+                         f"{ctime:%Y-%m-%d %H:%M:%S} UTC; if no `pgsnap migrate` is running, "
+                         "it is stale: DELETE FROM yoyo_lock")
     return lines
 
 
@@ -230,7 +256,7 @@ def status(app: App) -> None:
     _section("snapshots", lambda: _snapshots(conn))
     _section("backfill runs (latest 5)", lambda: _backfill_runs(conn))
     _section("schedule", lambda: _schedule(app, conn))
-    _section("migrations", lambda: _migrations(app))
+    _section("migrations", lambda: _migrations(app, conn))
 
 
 commands = [check, status, verify]

@@ -5,8 +5,9 @@ Migration markers (in a migration's leading comment block, before the first stat
 * `-- pgsnap: enforce <table>` — a NOT NULL enforcement step. Before the first pending one,
   `migrate` deploys `sql/`, runs the batched backfill outside any migration transaction and
   refuses to go on while NULL snapshots remain. It is applied like a `lock` migration.
-* `-- pgsnap: lock <table>` — a step that takes a strong lock on <table>: applied under a short
-  `lock_timeout`, retried with exponential backoff, and reported with the blocking sessions.
+* `-- pgsnap: lock <table> [<table> ...]` — a step that takes strong locks on those tables: applied
+  under a short `lock_timeout`, retried with exponential backoff, and reported with the sessions
+  blocking it.
 """
 
 import os
@@ -33,7 +34,7 @@ from pgsnap.errors import PgsnapError
 SNAPSHOT_TABLES = ("target_populations", "offers", "ad_events")
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
 
-_MARKER = re.compile(r"^\s*--\s*pgsnap:\s*(enforce|lock)\s+(\S+)\s*$", re.IGNORECASE)
+_MARKER = re.compile(r"^\s*--\s*pgsnap:\s*(enforce|lock)\s+([\w.]+(?:[\s,]+[\w.]+)*)\s*$", re.IGNORECASE)
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _INTERVAL = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 
@@ -59,18 +60,22 @@ def read_migrations(directory: Path | None = None) -> MigrationList:
 @dataclass(frozen=True)
 class Marker:
     kind: str  # "enforce" or "lock"
-    table: str
+    tables: tuple[str, ...]
+
+    @property
+    def what(self) -> str:
+        return ("table " if len(self.tables) == 1 else "tables ") + ", ".join(self.tables)
 
 
 def marker_of(migration: Migration) -> Marker | None:
-    """The `-- pgsnap: enforce|lock <table>` line of the leading comment block, if any."""
+    """The `-- pgsnap: enforce|lock <table>...` line of the leading comment block, if any."""
     with open(migration.path, encoding="utf-8") as f:
         for line in f:
             if line.strip() and not line.lstrip().startswith("--"):
                 break  # first statement: the leading block is over
             match = _MARKER.match(line)
             if match:
-                return Marker(match.group(1).lower(), match.group(2))
+                return Marker(match.group(1).lower(), tuple(re.split(r"[\s,]+", match.group(2))))
     return None
 
 
@@ -258,7 +263,7 @@ class LockPolicy:
     backoff_base: float = 0.2
     backoff_cap: float = 5.0
 
-    def run(self, step: Callable[[], T], conn: psycopg.Connection, table: str | None, what: str) -> T:
+    def run(self, step: Callable[[], T], conn: psycopg.Connection, tables: tuple[str, ...], what: str) -> T:
         """Run `step` (which must roll itself back on failure); retry it on lock timeouts."""
         attempts = self.retries + 1
         for n in range(attempts):
@@ -271,12 +276,12 @@ class LockPolicy:
                     time.sleep(min(self.backoff_base * 2**n, self.backoff_cap))
         raise PgsnapError(
             f"could not {what} after {attempts} attempts (lock_timeout {self.timeout}); "
-            f"{_describe_blockers(conn, table)}; nothing was changed by this step; "
+            f"{_describe_blockers(conn, tables)}; nothing was changed by this step; "
             "re-run `pgsnap migrate` when it is gone", exit_code=3)
 
 
-def _describe_blockers(conn: psycopg.Connection, table: str | None) -> str:
-    """Sessions holding locks on `table` (or, without one, on any table of this database)."""
+def _describe_blockers(conn: psycopg.Connection, tables: tuple[str, ...]) -> str:
+    """Sessions holding locks on `tables` (or, without any, on any table of this database)."""
     rows = conn.execute(
         """
         SELECT DISTINCT ON (a.pid) a.pid, coalesce(nullif(a.application_name, ''), '-'),
@@ -285,11 +290,11 @@ def _describe_blockers(conn: psycopg.Connection, table: str | None) -> str:
           JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND (%(table)s::text IS NULL AND a.xact_start IS NOT NULL
-                OR l.relation = to_regclass(%(table)s::text))
+           AND (cardinality(%(tables)s::text[]) = 0 AND a.xact_start IS NOT NULL
+                OR l.relation IN (SELECT to_regclass(t) FROM unnest(%(tables)s::text[]) t))
          ORDER BY a.pid
         """,
-        {"table": table},
+        {"tables": list(tables)},
     ).fetchall()
     if not rows:
         return "the blocking session has gone since"
@@ -353,7 +358,7 @@ def migrate(
         for m in pending:
             marker = marker_of(m)
             if marker and marker.kind == "enforce" and not prepared:
-                policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, None, "deploy sql/")
+                policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (), "deploy sql/")
                 if not backfill:
                     result.stopped = (f"stopped before {m.id} (--no-backfill): run `pgsnap backfill`, "
                                       "then `pgsnap migrate`")
@@ -365,12 +370,12 @@ def migrate(
             say(f"applying {m.id}")
             if marker:  # yoyo applies it on a new connection of this URL: lock_timeout goes in the URL
                 guarded = yoyo_url(dsn, f"-c lock_timeout={policy.timeout}")
-                policy.run(lambda m=m, url=guarded: _apply(url, m), conn, marker.table,
-                           f"lock table {marker.table}")
+                policy.run(lambda m=m, url=guarded: _apply(url, m), conn, marker.tables,
+                           f"lock {marker.what}")
             else:
                 _apply(backend, m)
             result.applied.append(m.id)
-        files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, None, "deploy sql/")
+        files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (), "deploy sql/")
         result.sql_files = len(files)
     return result
 

@@ -6,9 +6,13 @@
 
 CREATE OR REPLACE FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[] DEFAULT NULL)
 RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: its plan is cached per session instead of re-planned per call
+    RETURN QUERY
+
     WITH band_groups AS (
         SELECT b.target_id, b.id AS band_id, b.is_bullseye, bg.trait_group_id,
                count(*) OVER (PARTITION BY b.id) AS n_groups
@@ -41,7 +45,8 @@ AS $$
     )
     SELECT DISTINCT ON (s.target_id, s.me_file_id) s.target_id, s.band_id, s.me_file_id
       FROM satisfied s
-     ORDER BY s.target_id, s.me_file_id, s.n_groups DESC, s.is_bullseye DESC, s.band_id
+     ORDER BY s.target_id, s.me_file_id, s.n_groups DESC, s.is_bullseye DESC, s.band_id;
+END;
 $$;
 COMMENT ON FUNCTION pgsnap.memberships(bigint[], bigint[]) IS
     'The one membership rule: (target, band, me_file) for the given targets, restricted to the given me_files (NULL: all).';

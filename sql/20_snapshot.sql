@@ -4,9 +4,13 @@
 
 CREATE OR REPLACE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[])
 RETURNS TABLE (me_file_id bigint, target_band_id bigint, snapshot jsonb)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: its plan is cached per session instead of re-planned per call
+    RETURN QUERY
+
     WITH pairs AS (
         SELECT DISTINCT u.me_file_id, u.band_id
           FROM unnest(p_me_file_ids, p_band_ids) AS u(me_file_id, band_id)
@@ -47,7 +51,8 @@ AS $$
                '[]'::jsonb))
       FROM pairs p
       LEFT JOIN parents pa ON pa.me_file_id = p.me_file_id AND pa.band_id = p.band_id
-     GROUP BY p.me_file_id, p.band_id
+     GROUP BY p.me_file_id, p.band_id;
+END;
 $$;
 COMMENT ON FUNCTION pgsnap.snapshots(bigint[], bigint[]) IS
     'Snapshots of the (me_file, band) pairs zipped from the two arrays; the one builder.';

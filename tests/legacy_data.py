@@ -53,8 +53,8 @@ def add_bid(conn, campaign: int, band: int, amount: str) -> None:
 def add_offer(conn, id: int, campaign: int, me_file: int, band: int, snapshot: Any = MISSING,
               amount: str = "1.00") -> int:
     execute(conn,
-            "INSERT INTO offers (id, campaign_id, me_file_id, target_band_id, offer_amt, matching_tags_snapshot)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
+            "INSERT INTO offers (id, campaign_id, me_file_id, target_band_id, offer_amt,"
+            " matching_tags_snapshot) VALUES (%s, %s, %s, %s, %s, %s)",
             (id, campaign, me_file, band, amount, jsonb(snapshot)))
     return id
 
@@ -119,7 +119,8 @@ def expected_snapshots(conn, legacy: dict[str, dict[int, Any]]) -> dict[str, dic
         offers[oid] = snap if snap is not None else built(me_file, band)
 
     events = {}
-    for eid, offer, me_file, band in rows(conn, "SELECT id, offer_id, me_file_id, target_band_id FROM ad_events"):
+    for eid, offer, me_file, band in rows(conn, "SELECT id, offer_id, me_file_id, target_band_id"
+                                                " FROM ad_events"):
         snap = legacy["ad_events"][eid]
         if snap is None and offer is not None:
             snap = offers.get(offer)
@@ -131,8 +132,9 @@ def expected_snapshots(conn, legacy: dict[str, dict[int, Any]]) -> dict[str, dic
 
 def attnotnull(conn) -> dict[str, bool]:
     return dict(rows(conn,
-                     "SELECT c.relname, a.attnotnull FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-                     " WHERE c.relname = ANY(%s) AND c.relnamespace = 'public'::regnamespace"
+                     "SELECT c.relname, a.attnotnull FROM pg_attribute a"
+                     " JOIN pg_class c ON c.oid = a.attrelid WHERE c.relname = ANY(%s)"
+                     " AND c.relnamespace = 'public'::regnamespace"
                      " AND a.attname = 'matching_tags_snapshot'", (list(SNAPSHOT_TABLES),)))
 
 
@@ -140,7 +142,8 @@ def snapshot_constraints(conn) -> dict[str, bool]:
     """{constraint name: convalidated} of the snapshot CHECKs on the three tables."""
     return dict(rows(conn,
                      "SELECT conname, convalidated FROM pg_constraint"
-                     " WHERE conrelid = ANY(%s::regclass[]) AND contype = 'c' AND conname LIKE '%%snapshot%%'",
+                     " WHERE conrelid = ANY(%s::regclass[]) AND contype = 'c'"
+                     " AND conname LIKE '%%snapshot%%'",
                      ([f"public.{t}" for t in SNAPSHOT_TABLES],)))
 
 

@@ -504,3 +504,10 @@ def test_status_shows_the_latest_five_runs_newest_first(cli, conn):
     runs = section(cli("status").stdout, "backfill runs (latest 5)")
     assert [r.split()[0] for r in runs[1:]] == ["7", "6", "5", "4", "3"]
     assert runs[2].split()[5:] == ["failed", "0", "0", "0", "0", "boom"]
+
+
+def test_status_names_a_held_migration_lock(cli, conn):
+    execute(conn, "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, '2026-01-02 03:04:05', 4242)")
+    assert section(cli("status").stdout, "migrations")[1:] == [
+        "migration lock held by process 4242 since 2026-01-02 03:04:05 UTC; if no `pgsnap migrate`"
+        " is running, it is stale: DELETE FROM yoyo_lock"]

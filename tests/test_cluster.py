@@ -161,3 +161,20 @@ def _check_normal_user_run(result: subprocess.CompletedProcess, uid: int) -> Non
     assert (report["uid"], report["server_uid"]) == (uid, uid)
     assert report["has_pg_cron"] and "pg_cron" in report["extensions"] and report["cron_db"] == "postgres"
     assert_nothing_left(report["root"], report["pid"])
+
+
+def test_sigterm_stops_the_cluster_and_removes_it():
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(pgsnap.__file__).parent.parent)!r})\n"
+        "from pgsnap.cluster import EmbeddedCluster\n"
+        "with EmbeddedCluster() as pg:\n"
+        "    pid = (pg.datadir / 'postmaster.pid').read_text().split()[0]\n"
+        "    print(pg.root, pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    root, pid = proc.stdout.readline().split()
+    proc.terminate()
+    assert proc.wait(timeout=60) == 128 + 15
+    assert_nothing_left(root, int(pid))

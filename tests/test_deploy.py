@@ -57,7 +57,22 @@ def test_locations_follow_pgsnap_home(home):
 
 def test_markers_are_read_from_the_leading_comment_block(home):
     markers = {m.id: deploy.marker_of(m) for m in deploy.read_migrations()}
-    assert markers == {IDS[0]: None, IDS[1]: None, IDS[2]: deploy.Marker("enforce", "things"), IDS[3]: None}
+    assert markers == {IDS[0]: None, IDS[1]: None, IDS[2]: deploy.Marker("enforce", ("things",)),
+                       IDS[3]: None}
+
+
+@pytest.mark.parametrize("line, marker", [
+    ("-- pgsnap: enforce offers", deploy.Marker("enforce", ("offers",))),
+    ("--pgsnap: LOCK offers, ad_events public.bids",
+     deploy.Marker("lock", ("offers", "ad_events", "public.bids"))),
+    ("-- pgsnap: the engine", None),
+    ("-- pgsnap: enforce", None),
+])
+def test_marker_syntax(tmp_path, line, marker):
+    path = tmp_path / "0001.m.sql"
+    path.write_text(f"-- a comment\n{line}\n-- depends:\nSELECT 1;\n-- pgsnap: lock late\n")
+    (migration,) = deploy.read_migrations(tmp_path)
+    assert deploy.marker_of(migration) == marker
 
 
 def test_migrate_backfills_in_batches_then_enforces(home, empty_db_dsn):

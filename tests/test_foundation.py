@@ -10,7 +10,7 @@ import click
 import psycopg
 import pytest
 
-from pgsnap import deploy
+from pgsnap import db, deploy
 from pgsnap.cli import main, pass_app
 from pgsnap.cluster import free_port
 from pgsnap.config import resolve_dsn
@@ -302,3 +302,14 @@ def test_progress_is_silent_in_pipes_and_draws_a_bar_on_a_terminal():
         assert p.done == 40
     assert pipe.getvalue() == ""
     assert "work" in tty.getvalue() and "40/40" in tty.getvalue()
+
+
+def test_notices_are_forwarded_while_a_statement_runs(conn):
+    heard = []
+    rows = db.execute_with_notices(
+        conn, "DO $$ BEGIN RAISE NOTICE 'batch % done', 1; RAISE NOTICE 'batch % done', 2; END $$",
+        on_notice=heard.append)
+    assert (rows, heard) == ([], ["batch 1 done", "batch 2 done"])
+    assert db.execute_with_notices(conn, "SELECT %s::int + 1", [41]) == [(42,)]
+    conn.execute("DO $$ BEGIN RAISE NOTICE 'not forwarded any more'; END $$")
+    assert heard == ["batch 1 done", "batch 2 done"]

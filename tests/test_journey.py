@@ -19,7 +19,6 @@ from tests.legacy_data import (
     applied,
     attnotnull,
     expected_snapshots,
-    legacy_database,
     migration_ids,
     null_counts,
     seed_legacy_journey,
@@ -29,8 +28,9 @@ from tests.legacy_data import (
 
 IDS = migration_ids()
 BASELINE = "0001.baseline-schema"
-ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS = (
-    "0005.enforce-target-populations-snapshot", "0006.enforce-offers-snapshot", "0007.enforce-ad-events-snapshot")
+ENFORCE_TP = "0005.enforce-target-populations-snapshot"
+ENFORCE_OFFERS = "0006.enforce-offers-snapshot"
+ENFORCE_EVENTS = "0007.enforce-ad-events-snapshot"
 SQL_FILES = len(list(deploy.sql_dir().glob("*.sql")))  # sql/ is deployed whole
 STOPPED = f"stopped before {ENFORCE_TP} (--no-backfill): run `pgsnap backfill`, then `pgsnap migrate`\n"
 ENFORCED_CONSTRAINTS = {f"{t}_snapshot_shape": True for t in SNAPSHOT_TABLES}
@@ -159,9 +159,11 @@ def test_refusal_while_nulls_remain_applies_no_enforcement(cli, empty_db_dsn):
             assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
             assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
             assert h.rows(c, "SELECT 'tp', id FROM target_populations WHERE matching_tags_snapshot IS NULL"
-                             " UNION ALL SELECT 'offers', id FROM offers WHERE matching_tags_snapshot IS NULL"
-                             " UNION ALL SELECT 'ad_events', id FROM ad_events WHERE matching_tags_snapshot IS NULL"
-                             " ORDER BY 1, 2") == [("ad_events", 1), ("offers", 1), ("tp", 4)]
+                             " UNION ALL SELECT 'offers', id FROM offers"
+                             " WHERE matching_tags_snapshot IS NULL"
+                             " UNION ALL SELECT 'ad_events', id FROM ad_events"
+                             " WHERE matching_tags_snapshot IS NULL ORDER BY 1, 2"
+                             ) == [("ad_events", 1), ("offers", 1), ("tp", 4)]
     finally:
         holder.close()
     result = cli("migrate", dsn=empty_db_dsn)
@@ -191,7 +193,8 @@ def test_lock_contention_on_offers_gives_up_naming_table_and_blocker_then_a_reru
         elapsed = time.monotonic() - started
         assert result.exit_code == 3
         assert result.stderr == _blocked_migrate_message(blocker, empty_db_dsn, "offers")
-        assert result.stdout == (f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n")
+        assert result.stdout == (
+            f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n")
         assert elapsed < 30  # bounded: 3 short attempts and their backoff, no endless wait
         # consistent: target_populations enforced, offers untouched by its failed step, ad_events after it
         assert applied(empty_db_dsn) == IDS[:5]
@@ -207,8 +210,9 @@ def test_lock_contention_on_offers_gives_up_naming_table_and_blocker_then_a_reru
         blocker.close()
     rerun = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
     assert (rerun.exit_code, rerun.stderr) == (0, "")
-    assert rerun.stdout == (f"backfilling NULL snapshots\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
-                            f"deployed {SQL_FILES} sql/ files\n")
+    assert rerun.stdout == (
+        f"backfilling NULL snapshots\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
+        f"deployed {SQL_FILES} sql/ files\n")
     assert_enforced(empty_db_dsn)
     with psycopg.connect(empty_db_dsn) as c:
         expected = expected_snapshots(c, legacy)
@@ -246,7 +250,7 @@ def test_lock_contention_from_a_legacy_database_names_the_table(cli, empty_db_ds
     stage_legacy(cli, empty_db_dsn)
     blocker = psycopg.connect(empty_db_dsn, autocommit=False, application_name="blocker")
     blocker.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
-    safety = threading.Timer(8, blocker.commit)  # a migrate that waits forever would hang the test
+    safety = threading.Timer(6, blocker.commit)  # a migrate that waits forever would hang the test
     safety.start()
     try:
         started = time.monotonic()
@@ -254,8 +258,9 @@ def test_lock_contention_from_a_legacy_database_names_the_table(cli, empty_db_ds
         elapsed = time.monotonic() - started
         assert result.exit_code == 3, (elapsed, result.stderr)
         assert re.fullmatch(rf"error: could not lock table {table} after 3 attempts \(lock_timeout 100ms\); "
-                            rf"blocked by pid {blocker.info.backend_pid} \(blocker, .*\); nothing was changed "
-                            r"by this step; re-run `pgsnap migrate` when it is gone\n", result.stderr)
+                            rf"blocked by pid {blocker.info.backend_pid} \(blocker, .*\); "
+                            r"nothing was changed by this step; re-run `pgsnap migrate` when it is gone\n",
+                            result.stderr)
         assert elapsed < 4, elapsed  # 3 x 100ms and the backoff, not 0004's own 5s
         assert applied(empty_db_dsn) == done
     finally:

@@ -46,7 +46,8 @@ def test_launch_refused_while_not_populated(world):
     with pytest.raises(errors.ObjectNotInPrerequisiteState) as refused:
         launch(conn, C1)
     assert refused.value.sqlstate == "55000"
-    assert refused.value.diag.message_primary == f"campaign {C1}: target {h.T1} is not_populated, not populated"
+    assert refused.value.diag.message_primary == (
+        f"campaign {C1}: target {h.T1} is not_populated, not populated")
     assert refused.value.diag.message_hint == f"Run: pgsnap populate {h.T1}"
     assert offers(conn) == {}
     assert launched_at(conn, C1) is None
@@ -78,7 +79,8 @@ def test_launch_refused_while_populating(world, new_conn):
         assert h.rows(conn, "SELECT count(*) FROM target_populations") == [(1,)]  # the first batch is in
         with pytest.raises(errors.ObjectNotInPrerequisiteState) as refused:
             launch(conn, C1)
-        assert refused.value.diag.message_primary == f"campaign {C1}: target {h.T1} is populating, not populated"
+        assert refused.value.diag.message_primary == (
+            f"campaign {C1}: target {h.T1} is populating, not populated")
         assert offers(conn) == {}
         assert launched_at(conn, C1) is None
     finally:
@@ -136,7 +138,8 @@ def test_launch_copies_only_its_own_targets_populations(world):
     assert launch(conn, C2) == 3  # M1, M2, M3 are women
     assert h.rows(conn, "SELECT campaign_id, me_file_id, target_band_id FROM offers ORDER BY 1, 2") == [
         (C1, h.M1, h.B1), (C1, h.M3, h.B3), (C2, h.M1, 9), (C2, h.M2, 9), (C2, h.M3, 9)]
-    assert h.rows(conn, "SELECT count(*) FROM offers o JOIN target_populations p USING (me_file_id, target_band_id)"
+    assert h.rows(conn, "SELECT count(*) FROM offers o"
+                        " JOIN target_populations p USING (me_file_id, target_band_id)"
                         " WHERE o.matching_tags_snapshot = p.matching_tags_snapshot") == [(5,)]
 
 

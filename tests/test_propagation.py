@@ -54,7 +54,8 @@ def test_offer_without_snapshot_takes_its_populations(world):
     add_offer(conn, 1, C1, h.M1, h.B1)  # column given as NULL
     h.execute(conn, "INSERT INTO offers (id, campaign_id, me_file_id, target_band_id, offer_amt)"
                     " VALUES (2, %s, %s, %s, 1.00)", (C1, h.M2, h.B2))  # column left out
-    assert offer_snapshot(conn, 1) == population_snapshot(conn, h.M1, h.B1) == h.build_snapshot(conn, h.M1, h.B1)
+    assert offer_snapshot(conn, 1) == population_snapshot(conn, h.M1, h.B1)
+    assert offer_snapshot(conn, 1) == h.build_snapshot(conn, h.M1, h.B1)
     assert offer_snapshot(conn, 2) == population_snapshot(conn, h.M2, h.B2)
     assert offer_snapshot(conn, 1) != offer_snapshot(conn, 2)
 
@@ -63,7 +64,8 @@ def test_bulk_offer_insert_takes_each_rows_population(world):
     conn = world
     h.execute(conn, "INSERT INTO offers (campaign_id, me_file_id, target_band_id, offer_amt)"
                     " SELECT %s, me_file_id, target_band_id, 2.00 FROM target_populations", (C2,))
-    assert h.rows(conn, "SELECT count(*) FROM offers o JOIN target_populations p USING (me_file_id, target_band_id)"
+    assert h.rows(conn, "SELECT count(*) FROM offers o"
+                        " JOIN target_populations p USING (me_file_id, target_band_id)"
                         " WHERE o.matching_tags_snapshot = p.matching_tags_snapshot") == [(3,)]
 
 
@@ -124,7 +126,8 @@ def test_ad_event_without_offer_is_rejected(world, offer, shown):
     with pytest.raises(errors.NotNullViolation) as refused:
         add_ad_event(conn, 1, offer, h.M1, h.B1)
     assert refused.value.sqlstate == "23502"
-    assert refused.value.diag.message_primary == f"ad_event has no snapshot: offer {shown} does not exist or has none"
+    assert refused.value.diag.message_primary == (
+        f"ad_event has no snapshot: offer {shown} does not exist or has none")
     assert refused.value.diag.message_hint == (
         "Create ad_events from an offer, or pass matching_tags_snapshot explicitly.")
 
@@ -162,14 +165,16 @@ def test_malformed_snapshot_is_rejected_on_update(world, table, shape):
     conn = world
     insert_row(conn, table, h.EMPTY_SNAPSHOT)
     with pytest.raises(errors.CheckViolation) as refused:
-        h.execute(conn, f"UPDATE {table} SET matching_tags_snapshot = %s WHERE id = 100", (Jsonb(MALFORMED[shape]),))
+        h.execute(conn, f"UPDATE {table} SET matching_tags_snapshot = %s WHERE id = 100",
+                  (Jsonb(MALFORMED[shape]),))
     assert refused.value.diag.message_primary == (
         f'new row for relation "{table}" violates check constraint "{table}_snapshot_shape"')
     assert snapshots(conn, table)[100] == h.EMPTY_SNAPSHOT
 
 
 @pytest.mark.parametrize("table", SNAPSHOT_TABLES)
-@pytest.mark.parametrize("good", [h.EMPTY_SNAPSHOT, OWN, {"tags": [], "extra": 1}], ids=["empty", "own", "extra-key"])
+@pytest.mark.parametrize("good", [h.EMPTY_SNAPSHOT, OWN, {"tags": [], "extra": 1}],
+                         ids=["empty", "own", "extra-key"])
 def test_well_formed_snapshots_are_accepted(world, table, good):
     conn = world
     insert_row(conn, table, good)
@@ -193,7 +198,8 @@ def test_population_insert_without_snapshot_is_rejected(world):
     with pytest.raises(errors.NotNullViolation) as refused:
         add_population(conn, 100, h.B3, h.M4)
     assert refused.value.diag.message_primary == (
-        'null value in column "matching_tags_snapshot" of relation "target_populations" violates not-null constraint')
+        'null value in column "matching_tags_snapshot" of relation "target_populations"'
+        " violates not-null constraint")
 
 
 # -- mid-journey: the NOT VALID checks already refuse new NULLs ----------------------------------
@@ -228,7 +234,8 @@ def test_mid_journey_new_nulls_are_rejected_legacy_ones_tolerated(mid_journey):
     with pytest.raises(errors.CheckViolation) as refused:
         add_population(conn, 3, h.B3, h.M3)
     assert refused.value.diag.message_primary == (
-        'new row for relation "target_populations" violates check constraint "target_populations_snapshot_not_null"')
+        'new row for relation "target_populations" violates check constraint'
+        ' "target_populations_snapshot_not_null"')
     # the legacy NULL row is still there, and can be filled
     h.execute(conn, "UPDATE target_populations SET matching_tags_snapshot = pgsnap.build_snapshot(me_file_id,"
                     " target_band_id) WHERE id = 1")
@@ -240,4 +247,5 @@ def test_mid_journey_offer_of_a_legacy_null_population_is_rejected(mid_journey):
     conn = mid_journey
     with pytest.raises(errors.NotNullViolation) as refused:
         add_offer(conn, 2, C1, h.M1, h.B1)
-    assert refused.value.diag.message_primary.startswith(f"offer for me_file {h.M1} in band {h.B1} has no snapshot")
+    assert refused.value.diag.message_primary.startswith(
+        f"offer for me_file {h.M1} in band {h.B1} has no snapshot")

@@ -1,0 +1,128 @@
+-- Privileges (issue 8 item 1; docs/operations.md, "Roles and grants").
+--
+-- Three kinds of caller:
+--   * the owner of pgsnap's objects (the role that runs `pgsnap migrate`) and superusers run
+--     everything: populate, backfill, check, the schedule;
+--   * the application role, set up by pgsnap.grant_app_role below (`pgsnap grant --app-role`),
+--     gets exactly what the application uses;
+--   * PUBLIC gets nothing in schema pgsnap.
+-- This file runs last, in the same transaction as every other sql/ file, on every deploy: a
+-- routine added by a deploy (PostgreSQL creates it EXECUTE to PUBLIC) is closed again before
+-- the deploy commits, so no session ever sees it open. CREATE OR REPLACE keeps a routine's
+-- grants, so the application role keeps its own across deploys; a routine dropped and
+-- recreated (new signature) loses them: re-run `pgsnap grant` after an upgrade (idempotent).
+
+CREATE OR REPLACE FUNCTION pgsnap.grant_app_role(p_role name)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY INVOKER   -- run by the owner or a superuser: it grants with the caller's own rights
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- what the application reads, and what it writes (design.md section 2)
+    v_read   regclass[] := ARRAY['public.traits', 'public.trait_groups', 'public.trait_group_traits',
+                                 'public.targets', 'public.target_bands', 'public.target_band_trait_groups',
+                                 'public.campaigns', 'public.bids', 'public.target_populations']::regclass[];
+    v_write  regclass[] := ARRAY['public.me_files', 'public.me_file_tags',
+                                 'public.offers', 'public.ad_events']::regclass[];
+    v_owners oid[];
+    v_owner  oid;
+    v_extra  text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
+        RAISE EXCEPTION 'role "%" does not exist', p_role
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it first, e.g. CREATE ROLE app LOGIN PASSWORD ''...''.';
+    END IF;
+
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
+        RAISE EXCEPTION 'role "%" is a superuser: no privilege restricts it; use a role without SUPERUSER', p_role
+            USING ERRCODE = 'invalid_grant_operation';
+    END IF;
+
+    SELECT array_agg(DISTINCT o.owner) INTO v_owners
+      FROM (SELECT c.relowner AS owner FROM pg_catalog.pg_class c WHERE c.oid = ANY (v_read || v_write)
+            UNION
+            SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'pgsnap') o;
+    FOREACH v_owner IN ARRAY v_owners LOOP
+        -- GRANT by a role without the grant option is only a warning: refuse instead
+        IF NOT pg_catalog.pg_has_role(current_user, v_owner, 'USAGE') THEN
+            RAISE EXCEPTION 'only % (the owner of pgsnap''s tables) or a superuser may grant, not %',
+                v_owner::regrole, current_user
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        -- an owner, or a member of one, may ALTER TABLE ... DISABLE TRIGGER: never the application
+        IF pg_catalog.pg_has_role(p_role, v_owner, 'MEMBER') THEN
+            RAISE EXCEPTION 'role "%" owns pgsnap''s tables (it is or belongs to %): the application role must own nothing',
+                p_role, v_owner::regrole
+                USING ERRCODE = 'invalid_grant_operation';
+        END IF;
+    END LOOP;
+
+    -- Converge: whatever the role held on these objects goes, then exactly the model is granted
+    -- (GRANT and REVOKE are transactional: the application never sees a state in between).
+    -- The role name is the only variable part of these statements, quoted by %I.
+    EXECUTE format('REVOKE ALL ON TABLE public.traits, public.trait_groups, public.trait_group_traits,'
+                   ' public.targets, public.target_bands, public.target_band_trait_groups, public.campaigns,'
+                   ' public.bids, public.target_populations, public.me_files, public.me_file_tags,'
+                   ' public.offers, public.ad_events FROM %I', p_role);
+    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA pgsnap FROM %I', p_role);
+    EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgsnap FROM %I', p_role);
+    EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA pgsnap FROM %I', p_role);
+    EXECUTE format('REVOKE ALL ON SCHEMA pgsnap FROM %I', p_role);
+
+    EXECUTE format('GRANT USAGE ON SCHEMA pgsnap TO %I', p_role);
+    -- reads: the catalogue, and the populations that offers are made from
+    EXECUTE format('GRANT SELECT ON TABLE public.traits, public.trait_groups, public.trait_group_traits,'
+                   ' public.targets, public.target_bands, public.target_band_trait_groups, public.campaigns,'
+                   ' public.bids, public.target_populations TO %I', p_role);
+    -- writes: registrations, tags, offers, ad_events. Their ids are identity columns, whose
+    -- sequences need no USAGE grant. target_populations is written only by pgsnap: by the
+    -- SECURITY DEFINER sync triggers and sync_me_file, and by populate/backfill run as the owner.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.me_files, public.me_file_tags,'
+                   ' public.offers, public.ad_events TO %I', p_role);
+    -- launch_campaign stays SECURITY INVOKER: everything it writes the application may write
+    -- itself (offers, with a snapshot it may read), so running it as the caller gives the
+    -- application no power it lacks, and keeps the owner's rights out of a function that takes
+    -- its input from the application. Besides offers it sets campaigns.launched_at (and locks the
+    -- campaign row FOR NO KEY UPDATE, which needs UPDATE on some column): that one column is
+    -- granted, not the table (titles, targets and deactivation stay the catalogue's).
+    EXECUTE format('GRANT UPDATE (launched_at) ON TABLE public.campaigns TO %I', p_role);
+    -- the contract functions the application calls ...
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.build_snapshot(bigint, bigint), pgsnap.band_for(bigint, bigint),'
+                   ' pgsnap.sync_me_file(bigint), pgsnap.launch_campaign(bigint), pgsnap.snapshot_health()'
+                   ' TO %I', p_role);
+    -- ... and the read-only helpers those invoker functions call in turn (the one membership rule,
+    -- the one snapshot builder, the lock key): they read nothing the role cannot read anyway.
+    -- Not granted: populate_target and the backfill (procedures that COMMIT per batch cannot be
+    -- SECURITY DEFINER, and as invoker they would need writes on target_populations: they are
+    -- operator jobs run by the owner through the CLI, pg_cron or pgsnap's scheduler), nor the
+    -- checks, the run log, the settings, the sync queue or any _internal routine.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.memberships(bigint[], bigint[]),'
+                   ' pgsnap.snapshots(bigint[], bigint[]), pgsnap.lock_key(text) TO %I', p_role);
+
+    -- What the role still holds beyond the model comes from PUBLIC or from a role it belongs to,
+    -- which this function does not touch: refuse rather than leave a weaker role than documented.
+    SELECT string_agg(format('%s on %s', p.priv, t.tbl), ', ' ORDER BY t.tbl::text, p.priv)
+      INTO v_extra
+      FROM unnest(v_read || v_write) AS t(tbl)
+     CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p(priv)
+     WHERE pg_catalog.has_table_privilege(p_role, t.tbl, p.priv)
+       AND NOT (p.priv = 'SELECT'
+                OR (t.tbl = ANY (v_write) AND p.priv IN ('INSERT', 'UPDATE', 'DELETE')));
+    IF v_extra IS NOT NULL THEN
+        RAISE EXCEPTION 'role "%" would still hold % (granted to PUBLIC or to a role it belongs to)', p_role, v_extra
+            USING ERRCODE = 'invalid_grant_operation',
+                  HINT = 'Revoke those privileges from PUBLIC or from that role, then grant again.';
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION pgsnap.grant_app_role(name) IS
+    'Give the application role exactly what the application uses (read the catalogue and populations; write me_files, '
+    'me_file_tags, offers, ad_events; launched_at; execute build_snapshot, band_for, sync_me_file, launch_campaign, '
+    'snapshot_health), after revoking whatever else it held on them. Run by the owner or a superuser; idempotent.';
+
+-- PUBLIC runs nothing of pgsnap's (PostgreSQL grants EXECUTE on every new routine to PUBLIC).
+-- Trigger functions need no EXECUTE to fire: the tag, offer and ad_event triggers keep working
+-- for every role allowed to write those tables.
+REVOKE ALL ON ALL ROUTINES IN SCHEMA pgsnap FROM PUBLIC;
