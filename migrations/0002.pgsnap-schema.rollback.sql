@@ -8,3 +8,4 @@ ALTER TABLE target_populations
         FOREIGN KEY (target_band_id) REFERENCES target_bands (id) ON DELETE CASCADE;
 ALTER TABLE target_populations DROP COLUMN target_id;
 ALTER TABLE target_bands DROP CONSTRAINT target_bands_id_target_id_key;
+ALTER TABLE targets DROP COLUMN populating_since;

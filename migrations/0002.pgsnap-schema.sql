@@ -42,6 +42,10 @@ CREATE UNLOGGED TABLE pgsnap.sync_pending (
     xact xid8 PRIMARY KEY
 );
 
+-- When the target entered 'populating' (kept by a trigger, sql/80_checks.sql),
+-- so `pgsnap check` can tell a run in progress from one that died.
+ALTER TABLE targets ADD COLUMN populating_since timestamptz;
+
 -- target_populations.target_id, filled for legacy rows here and by a trigger
 -- for inserts that leave it out.
 ALTER TABLE target_bands ADD CONSTRAINT target_bands_id_target_id_key UNIQUE (id, target_id);

@@ -127,7 +127,7 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
             n = conn.execute("INSERT INTO public.ad_events (offer_id, campaign_id, me_file_id,"
                              " target_band_id, event_type, amount)"
                              " SELECT id, campaign_id, me_file_id, target_band_id, 'banner_tap', offer_amt"
-                             "   FROM public.offers WHERE id %% 7 = 0").rowcount
+                             "   FROM public.offers WHERE id % 7 = 0").rowcount
             echo(f"   {n} ad_events recorded")
 
         with story.step("500 tag changes through the triggers (sync at commit)"):

@@ -27,7 +27,7 @@ from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
 from yoyo.migrations import Migration, MigrationList
 
-from pgsnap import home
+from pgsnap import backfill, home
 from pgsnap.db import connect, parse_dsn
 from pgsnap.errors import PgsnapError
 
@@ -229,20 +229,8 @@ def snapshot_health(conn: psycopg.Connection) -> dict[str, int]:
 
 def run_backfill(conn: psycopg.Connection, batch_size: int = 500,
                  on_progress: Progress | None = None) -> dict[str, int]:
-    """Loop `pgsnap.backfill_batch` until it returns all zeros; each call is its own transaction."""
-    if not conn.autocommit:
-        raise ValueError("run_backfill needs an autocommit connection (one transaction per batch)")
-    total = sum(snapshot_health(conn).values())
-    filled = dict.fromkeys(SNAPSHOT_TABLES, 0)
-    while True:
-        cur = conn.execute("SELECT * FROM pgsnap.backfill_batch(%s)", [batch_size])
-        row = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
-        if not any(row.values()):
-            return filled
-        for name, count in row.items():
-            filled[name] = filled.get(name, 0) + int(count)
-        if on_progress:
-            on_progress(sum(filled.values()), total)
+    """The journey's backfill: a recorded run of the safety net (`pgsnap.backfill`), to the end."""
+    return backfill.run(conn, batch_size, on_progress=on_progress).filled
 
 
 def require_no_null_snapshots(conn: psycopg.Connection) -> None:

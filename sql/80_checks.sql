@@ -2,43 +2,26 @@
 -- Read-only diagnostics, except the small bookkeeping trigger that records
 -- when a target entered `populating` (there is no column for it: see below).
 
--- When did a target start populating? targets has no such column, so a row
--- trigger keeps it in pgsnap.settings under 'populating_since:<target id>'
--- (ISO 8601, UTC): written every time a statement sets the status to
--- populating (a re-run restarts the clock), removed when the target leaves
--- populating or is deleted. SECURITY DEFINER: whoever may update targets
--- (the application role) needs no right on pgsnap.settings.
+-- When did a target start populating? A BEFORE trigger stamps
+-- targets.populating_since whenever the status becomes 'populating' (a re-run
+-- restarts the clock) and clears it when the target leaves that status,
+-- whoever changes it: no extra write, no extra table.
 CREATE OR REPLACE FUNCTION pgsnap._track_populating()
 RETURNS trigger
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP <> 'DELETE' AND NEW.population_status = 'populating' THEN
-        INSERT INTO pgsnap.settings AS s (key, value)
-        VALUES ('populating_since:' || NEW.id,
-                to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
-    ELSIF TG_OP <> 'INSERT' THEN
-        IF TG_OP = 'DELETE' OR OLD.population_status = 'populating' THEN
-            DELETE FROM pgsnap.settings s WHERE s.key = 'populating_since:' || OLD.id;
-        END IF;
-    END IF;
-    RETURN NULL;
+    NEW.populating_since := CASE WHEN NEW.population_status = 'populating' THEN now() END;
+    RETURN NEW;
 END;
 $$;
 COMMENT ON FUNCTION pgsnap._track_populating() IS
-    'Internal: records in pgsnap.settings (populating_since:<id>) when a target was last set populating.';
+    'Internal: keeps targets.populating_since equal to when the target last entered populating.';
 
 CREATE OR REPLACE TRIGGER targets_track_populating
-    AFTER INSERT OR UPDATE OF population_status ON public.targets
+    BEFORE INSERT OR UPDATE OF population_status ON public.targets
     FOR EACH ROW
-    EXECUTE FUNCTION pgsnap._track_populating();
-CREATE OR REPLACE TRIGGER targets_track_populating_delete
-    AFTER DELETE ON public.targets
-    FOR EACH ROW
-    WHEN (OLD.population_status = 'populating')
     EXECUTE FUNCTION pgsnap._track_populating();
 
 -- Targets in `populating`, since when, and which session (if any) is
@@ -52,8 +35,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.id,
-           (SELECT s.value::timestamptz FROM pgsnap.settings s
-             WHERE s.key = 'populating_since:' || t.id),
+           t.populating_since,
            t.last_populated_at,
            (SELECT l.pid FROM pg_catalog.pg_locks l
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1

@@ -190,7 +190,7 @@ def test_check_finds_rows_in_a_not_populated_target(cli, conn, healthy):
 
 def test_check_populating_is_fine_until_the_threshold(cli, conn, healthy):
     set_target_status(conn, T1, "populating")
-    since = value(conn, "SELECT value::timestamptz FROM pgsnap.settings WHERE key = 'populating_since:1'")
+    since = value(conn, "SELECT populating_since FROM targets WHERE id = 1")
     assert abs(since - value(conn, "SELECT now()")) < timedelta(seconds=1)
     assert check_json(cli) == (0, {"healthy": True, "violations": 0, "failing": [],
                                    "checks": healthy_checks(*healthy)})
@@ -199,8 +199,7 @@ def test_check_populating_is_fine_until_the_threshold(cli, conn, healthy):
 def test_check_finds_a_target_stuck_populating(cli, conn, healthy):
     set_target_status(conn, T1, "populating")
     since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    execute(conn, "UPDATE pgsnap.settings SET value = %s WHERE key = 'populating_since:1'",
-            (since.isoformat(),))
+    execute(conn, "UPDATE targets SET populating_since = %s WHERE id = 1", (since,))
     assert_violation(cli, healthy, "stuck_populating", 1,
                      f"populating for more than 1 hour: target {T1} since {utc(since)}"
                      " (nobody is populating it)")
@@ -209,7 +208,7 @@ def test_check_finds_a_target_stuck_populating(cli, conn, healthy):
 def test_check_stuck_threshold_is_the_setting(cli, conn, healthy):
     execute(conn, "UPDATE pgsnap.settings SET value = '0 seconds' WHERE key = 'populating_stuck_after'")
     set_target_status(conn, T1, "populating")
-    since = value(conn, "SELECT value::timestamptz FROM pgsnap.settings WHERE key = 'populating_since:1'")
+    since = value(conn, "SELECT populating_since FROM targets WHERE id = 1")
     code, report = check_json(cli)
     assert code == 1 and report["failing"] == ["stuck_populating"]
     assert report["checks"][8]["detail"] == (
@@ -219,8 +218,7 @@ def test_check_stuck_threshold_is_the_setting(cli, conn, healthy):
 def test_check_names_the_session_still_populating(cli, conn, new_conn, healthy):
     worker = new_conn()
     execute(worker, "SELECT pgsnap._populate_begin(%s, 500)", (T1,))  # holds populate:1, status populating
-    execute(conn, "UPDATE pgsnap.settings SET value = '2026-01-02T03:04:05Z'"
-                  " WHERE key = 'populating_since:1'")
+    execute(conn, "UPDATE targets SET populating_since = '2026-01-02T03:04:05Z' WHERE id = 1")
     code, report = check_json(cli)
     assert code == 1
     assert report["checks"][8] == {
@@ -231,7 +229,7 @@ def test_check_names_the_session_still_populating(cli, conn, new_conn, healthy):
 
 def test_check_without_a_recorded_start_falls_back_to_last_populated_at(cli, conn, healthy):
     set_target_status(conn, T1, "populating", last_populated_at=datetime(2026, 1, 1, tzinfo=UTC))
-    execute(conn, "DELETE FROM pgsnap.settings WHERE key = 'populating_since:1'")
+    execute(conn, "UPDATE targets SET populating_since = NULL WHERE id = 1")
     assert_violation(cli, healthy, "stuck_populating", 1,
                      f"populating for more than 1 hour: target {T1} since an unknown time"
                      " (nobody is populating it)")
@@ -246,10 +244,7 @@ def test_populating_start_is_recorded_and_cleared_by_populate(conn, new_conn, he
     assert last is not None
     execute(worker, "SELECT pgsnap._populate_finish(%s)", (T1,))
     assert rows(conn, "SELECT * FROM pgsnap.populating_targets()") == []
-    assert rows(conn, "SELECT key FROM pgsnap.settings WHERE key LIKE 'populating_since:%'") == []
-    set_target_status(conn, T2, "populating")
-    execute(conn, "DELETE FROM targets WHERE id = %s", (T2,))
-    assert rows(conn, "SELECT key FROM pgsnap.settings WHERE key LIKE 'populating_since:%'") == []
+    assert value(conn, "SELECT populating_since FROM targets WHERE id = %s", (T1,)) is None
 
 
 def test_check_finds_a_failed_last_backfill_run(cli, conn, healthy):
@@ -447,7 +442,7 @@ def test_status_shows_every_section(cli, conn, healthy):
     assert installed.exit_code == 0, installed.output
     jobid = value(conn, "SELECT jobid FROM pgsnap.jobs WHERE jobname = 'pgsnap-backfill'")
     set_target_status(conn, T2, "populating")
-    since = value(conn, "SELECT value::timestamptz FROM pgsnap.settings WHERE key = 'populating_since:2'")
+    since = value(conn, "SELECT populating_since FROM targets WHERE id = 2")
     result = cli("status")
     assert result.exit_code == 0, result.output
     out = result.stdout

@@ -185,7 +185,7 @@ def test_every_sql_function_body_parses_and_resolves(conn):
          WHERE p.pronamespace = 'pgsnap'::regnamespace AND l.lanname = 'sql'
          ORDER BY 2
         """).fetchall()
-    assert "pgsnap.memberships(bigint[],bigint[])" in {name for _, name in functions}
+    assert "pgsnap.band_for(bigint,bigint)" in {name for _, name in functions}
 
     failures = []
     for oid, name in functions:
