@@ -60,20 +60,20 @@ BEGIN
 END;
 $$;
 
--- Candidate me_files in batches: everyone holding a trait of the target's
--- groups, plus everyone with a row in the target (who may have to leave).
+-- Candidate me_files in batches: the target's members by the rule, walked
+-- once for the whole target (cheap: from the groups' traits), plus everyone
+-- with a row in the target (who may have to leave). Each batch is then
+-- recomputed under its me_file locks by _reconcile, so a tag change that
+-- commits after this list was made is never overwritten with stale data;
+-- a me_file that joins later is added by its own sync (the target is
+-- already 'populating', which sync maintains).
 CREATE OR REPLACE FUNCTION pgsnap._populate_batches(p_target_id bigint, p_batch_size integer)
 RETURNS SETOF bigint[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH candidates AS (
-        SELECT t.me_file_id
-          FROM public.target_bands b
-          JOIN public.target_band_trait_groups bg ON bg.target_band_id = b.id
-          JOIN public.trait_group_traits gt ON gt.trait_group_id = bg.trait_group_id
-          JOIN public.me_file_tags t ON t.trait_id = gt.trait_id
-         WHERE b.target_id = p_target_id
+        SELECT m.me_file_id FROM pgsnap.memberships(ARRAY[p_target_id]) m
         UNION
         SELECT tp.me_file_id FROM public.target_populations tp WHERE tp.target_id = p_target_id
     ),
