@@ -111,7 +111,8 @@ def format_table(report: dict) -> str:
                                       if k in ratio_key))
     m = report["machine"]
     out.append(f"peak RSS (Python): {report['peak_rss_mb']} MB; elapsed {report['elapsed_s']} s")
-    out.append(f"machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gb']} GB, PostgreSQL {m['postgres']}")
+    out.append(f"machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gb']} GB, PostgreSQL {m['postgres']}; "
+               f"load average {m['loadavg_start'][0]} at start, {m.get('loadavg_end', ['?'])[0]} at end")
     return "\n".join(out)
 
 

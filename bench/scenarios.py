@@ -60,6 +60,10 @@ SCALES = {
 }
 
 
+#: (e): me_files whose two statements run first, unmeasured, in each configuration
+WARMUP = 5
+
+
 class Unavailable(Exception):
     """A scenario's SQL objects do not exist (yet)."""
 
@@ -305,9 +309,9 @@ def e_sync_latency(ctx: Context) -> dict[str, Any]:
     me_files = [r[0] for r in c.execute(
         "SELECT m.id FROM me_files m WHERE NOT EXISTS (SELECT 1 FROM me_file_tags t"
         " WHERE t.me_file_id = m.id AND t.trait_id = %s) ORDER BY hashint8(m.id), m.id LIMIT %s",
-        [probe, ctx.scale.sync_statements // 2])]
-    out: dict[str, Any] = {"probe_trait": probe_name, "statements": 2 * len(me_files),
-                           "runs": {}}
+        [probe, ctx.scale.sync_statements // 2 + WARMUP])]
+    out: dict[str, Any] = {"probe_trait": probe_name, "statements": 2 * (len(me_files) - WARMUP),
+                           "warmup_statements": 2 * WARMUP, "runs": {}}
     populated = 0
     for maintained in ctx.scale.maintained:
         want = maintained - _maintained(c)
@@ -334,27 +338,38 @@ def e_sync_latency(ctx: Context) -> dict[str, Any]:
 
 def maintain(c: psycopg.Connection, target_ids: list[int], chunk: int = 50) -> float:
     """Bring targets to the state populate_target leaves them in, set-based: the rule's rows
-    (pgsnap.memberships) with pgsnap.build_snapshot's snapshots, status populated. The same
-    functions populate uses, in a few big statements: setting up 1,000 maintained targets
-    through 1,000 CALLs would dominate the run at medium scale. Returns seconds."""
+    (pgsnap.memberships) with the builder's snapshots, status populated. The same functions
+    populate uses, in a few big statements: setting up 1,000 maintained targets through 1,000
+    CALLs would dominate the run at medium scale. Returns seconds."""
+    # the builder's set-based form when this pgsnap has it, else the contract's per-row form
+    set_based = c.execute(
+        "SELECT to_regprocedure('pgsnap.snapshots(bigint[],bigint[])') IS NOT NULL").fetchone()[0]
+    insert = """
+        WITH m AS (SELECT * FROM pgsnap.memberships(%(ids)s, NULL))
+        INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
+        SELECT m.target_band_id, m.me_file_id, s.snapshot
+          FROM m
+          JOIN pgsnap.snapshots((SELECT array_agg(me_file_id) FROM m),
+                                (SELECT array_agg(target_band_id) FROM m)) s
+         USING (me_file_id, target_band_id)""" if set_based else """
+        INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
+        SELECT m.target_band_id, m.me_file_id, pgsnap.build_snapshot(m.me_file_id, m.target_band_id)
+          FROM pgsnap.memberships(%(ids)s, NULL) m"""
     start = time.perf_counter()
     for i in range(0, len(target_ids), chunk):
         ids = target_ids[i:i + chunk]
         with c.transaction():
-            c.execute("""
-                INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
-                SELECT m.target_band_id, m.me_file_id,
-                       pgsnap.build_snapshot(m.me_file_id, m.target_band_id)
-                  FROM pgsnap.memberships(%s, NULL) m""", [ids])
+            c.execute(insert, {"ids": ids})
             c.execute("UPDATE targets SET population_status = 'populated', last_populated_at = now()"
                       " WHERE id = ANY(%s)", [ids])
     return time.perf_counter() - start
 
 
 def _tag_changes(c: psycopg.Connection, me_files: list[int], probe: int, name: str) -> dict[str, Any]:
-    """One INSERT then one DELETE of the probe tag per me_file, each its own transaction."""
+    """One INSERT then one DELETE of the probe tag per me_file, each its own transaction; the
+    first WARMUP me_files' statements are not counted (plan caches of a fresh session)."""
     timings = []
-    for me_file_id in me_files:
+    for i, me_file_id in enumerate(me_files):
         for statement, params in (
             ("INSERT INTO me_file_tags (me_file_id, trait_id, tag_value) VALUES (%s, %s, %s)",
              [me_file_id, probe, name]),
@@ -362,7 +377,8 @@ def _tag_changes(c: psycopg.Connection, me_files: list[int], probe: int, name: s
         ):
             t0 = time.perf_counter()
             c.execute(statement, params)
-            timings.append((time.perf_counter() - t0) * 1000)
+            if i >= WARMUP:
+                timings.append((time.perf_counter() - t0) * 1000)
     if not timings:
         return {"n": 0, "p50_ms": None, "p95_ms": None}
     q = statistics.quantiles(timings, n=100, method="inclusive")
@@ -425,6 +441,8 @@ def run(dsn: str, scale: Scale, seed: int = 1,
         report["ratios"] = ratios(ctx.results)
         report["peak_rss_mb"] = peak_rss_mb()
         report["elapsed_s"] = round(time.time() - started, 1)
+        # other work on the machine skews timings: say how busy it was
+        report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
@@ -463,5 +481,6 @@ def machine(conn: psycopg.Connection) -> dict[str, Any]:
         [["shared_buffers", "work_mem", "max_parallel_workers_per_gather", "fsync",
           "synchronous_commit", "jit"]]).fetchall())
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gb": mem_gb,
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             "postgres": conn.execute("SHOW server_version").fetchone()[0],
             "python": platform.python_version(), "settings": settings}

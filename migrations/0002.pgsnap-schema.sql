@@ -1,6 +1,7 @@
 -- pgsnap's own schema, and one population row per (target, me_file) enforced by
 -- the database: target_populations gains target_id (kept equal to its band's
 -- target by a composite foreign key) and a unique (target_id, me_file_id).
+-- pgsnap: lock target_bands, target_populations
 -- depends: 0001.baseline-schema
 
 CREATE SCHEMA pgsnap;
@@ -40,6 +41,16 @@ CREATE UNLOGGED TABLE pgsnap.sync_queue (
 );
 CREATE UNLOGGED TABLE pgsnap.sync_pending (
     xact xid8 PRIMARY KEY
+);
+-- The last transaction that synced each me_file: rewriting it makes two
+-- syncs of one me_file conflict, so a REPEATABLE READ writer working from an
+-- outdated snapshot gets a serialization failure rather than a stale row.
+-- No foreign key on purpose: its KEY SHARE lock on me_files, taken at COMMIT,
+-- would deadlock with a transaction deleting that me_file; the sync of a
+-- deleted me_file removes its row instead.
+CREATE TABLE pgsnap.me_file_syncs (
+    me_file_id bigint PRIMARY KEY,
+    synced_by  xid8 NOT NULL
 );
 
 -- When the target entered 'populating' (kept by a trigger, sql/80_checks.sql),

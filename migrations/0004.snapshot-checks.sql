@@ -3,9 +3,8 @@
 -- Snapshots that are not {"tags": [...]} (e.g. {} or the old flat format's
 -- string) carry no trustworthy record: they become NULL so the backfill
 -- rebuilds them, then a NOT VALID shape CHECK keeps them out for good.
+-- pgsnap: lock target_populations, offers, ad_events
 -- depends: 0003.scheduler
-
-SET LOCAL lock_timeout = '5s';
 
 UPDATE target_populations SET matching_tags_snapshot = NULL
  WHERE matching_tags_snapshot IS NOT NULL

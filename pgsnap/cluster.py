@@ -79,8 +79,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
+_LIVE: set["EmbeddedCluster"] = set()  # started and not yet stopped, for the SIGTERM handler
+
+
+def _trap_sigterm() -> None:
+    """On SIGTERM, stop every live cluster, then die of SIGTERM as usual.
+
+    Python's default dies on the spot (no atexit), leaving the server running. Raising an
+    exception instead is no good either: code in between (a test runner, a gc callback) may
+    swallow it. Only installed when the program has no SIGTERM handler of its own.
+    """
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _stop_all_and_die)
+
+
+def _stop_all_and_die(signum, frame) -> None:
+    for cluster in list(_LIVE):
+        cluster.stop()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _quote_conf(value: str) -> str:
@@ -103,7 +121,6 @@ class EmbeddedCluster:
         self._bindir: Path | None = None
         self._as_root = os.geteuid() == 0
         self._proc: subprocess.Popen | None = None
-        self._trapped_sigterm = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "EmbeddedCluster":
@@ -128,7 +145,8 @@ class EmbeddedCluster:
         self.has_pg_cron = pg_cron_available(self._bindir)
         self.root = Path(tempfile.mkdtemp(prefix="pgsnap-"))
         atexit.register(self.stop)  # safety net if the caller never reaches stop()
-        self._trap_sigterm()
+        _LIVE.add(self)
+        _trap_sigterm()
         try:
             if self._as_root:
                 pw = self._server_account()
@@ -216,17 +234,7 @@ class EmbeddedCluster:
                 shutil.rmtree(self.root, ignore_errors=True)
                 self.root = None
             atexit.unregister(self.stop)
-            if self._trapped_sigterm and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                self._trapped_sigterm = False
-
-    def _trap_sigterm(self) -> None:
-        """Make SIGTERM unwind like Ctrl+C (so __exit__/atexit stop the server) unless the
-        program already handles it. Python's default would die on the spot, leaving the server."""
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
-            self._trapped_sigterm = True
+            _LIVE.discard(self)
 
     def _kill(self) -> None:
         """Last resort: SIGQUIT the postmaster (immediate shutdown), then reap our child."""

@@ -14,15 +14,31 @@ DECLARE
     v_bands   bigint[];
     v_files   bigint[];
 BEGIN
-    -- Serialise with other writers of these me_files: sync takes the row lock
+    -- Serialise with other writers of these me_files: sync takes the lock
     -- exclusively, populate shares it, and the statements below run on a fresh
-    -- snapshot taken after the lock, so they see every committed tag change.
+    -- snapshot taken after the lock, so (under READ COMMITTED) they see every
+    -- committed tag change. Advisory locks, not me_files row locks: a sync
+    -- runs at COMMIT while its transaction still holds tag rows, and a row
+    -- lock on me_files there would deadlock with an application transaction
+    -- that locked the me_file first. Ids share 1024 lock slots, so a
+    -- statement touching thousands of me_files takes at most 1024 locks.
     IF p_exclusive THEN
-        PERFORM 1 FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
-          ORDER BY f.id FOR NO KEY UPDATE;
+        PERFORM pg_advisory_xact_lock(pgsnap.lock_key('me_file:' || s.slot))
+           FROM (SELECT DISTINCT f.id % 1024 AS slot FROM unnest(p_me_file_ids) AS f(id)) s
+          ORDER BY s.slot;
+        -- Leave a trace per me_file: a REPEATABLE READ or SERIALIZABLE writer
+        -- whose snapshot predates another sync of the same me_file then fails
+        -- here with a serialization error (40001) instead of writing a
+        -- population computed from tags that are no longer current.
+        INSERT INTO pgsnap.me_file_syncs AS s (me_file_id, synced_by)
+        SELECT f.id, pg_current_xact_id()
+          FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
+         ORDER BY f.id
+        ON CONFLICT (me_file_id) DO UPDATE SET synced_by = EXCLUDED.synced_by;
     ELSE
-        PERFORM 1 FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
-          ORDER BY f.id FOR SHARE;
+        PERFORM pg_advisory_xact_lock_shared(pgsnap.lock_key('me_file:' || s.slot))
+           FROM (SELECT DISTINCT f.id % 1024 AS slot FROM unnest(p_me_file_ids) AS f(id)) s
+          ORDER BY s.slot;
     END IF;
 
     SELECT array_agg(m.target_band_id), array_agg(m.me_file_id)

@@ -88,6 +88,9 @@ BEGIN
       INTO v_files, v_traits
       FROM q;
     -- me_files deleted in this transaction have no rows left to fix
+    DELETE FROM pgsnap.me_file_syncs s
+     WHERE s.me_file_id = ANY (v_files)
+       AND NOT EXISTS (SELECT 1 FROM public.me_files f WHERE f.id = s.me_file_id);
     SELECT array_agg(f.id) INTO v_files FROM public.me_files f WHERE f.id = ANY (v_files);
     PERFORM pgsnap._sync(v_files, v_traits);
     RETURN NULL;

@@ -196,6 +196,14 @@ AS $$
 DECLARE
     v_run bigint;
 BEGIN
+    -- a run of this session that was cancelled mid-way may still hold the
+    -- session-level lock: drop it, or every other session would skip forever
+    WHILE EXISTS (SELECT 1 FROM pg_locks l
+                   WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
+                     AND l.objsubid = 1 AND l.granted
+                     AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('backfill')) LOOP
+        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
+    END LOOP;
     IF NOT pg_try_advisory_lock(pgsnap.lock_key('backfill')) THEN
         INSERT INTO pgsnap.backfill_runs (status, finished_at)
         VALUES ('skipped', clock_timestamp());
@@ -245,11 +253,13 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_own_xact boolean := pg_catalog.now() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp();
+    v_caller_path text := pg_catalog.current_setting('search_path');
     v_run      bigint;
     v_done     record;
     v_batches  integer := 0;
     v_stop     boolean := false;
     v_error    text;
+    v_state    text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     PERFORM pgsnap._check_batch_size(p_batch_size);
@@ -259,6 +269,7 @@ BEGIN
     END IF;
     v_run := pgsnap._backfill_run_start();
     IF v_run IS NULL THEN
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
         RETURN;
     END IF;
     IF v_own_xact THEN
@@ -266,21 +277,28 @@ BEGIN
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     LOOP
+        -- every failure of a batch, a cancel included, ends the run on the
+        -- record (the COMMIT stays outside: a block with EXCEPTION may not commit)
         BEGIN
             SELECT * INTO v_done FROM pgsnap.backfill_batch(p_batch_size);
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
+            EXIT WHEN v_done.target_populations = 0 AND v_done.offers = 0 AND v_done.ad_events = 0;
+            v_stop := pgsnap._backfill_run_step(v_run, v_done.target_populations, v_done.offers,
+                                                v_done.ad_events);
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
         END;
-        EXIT WHEN v_error IS NOT NULL
-              OR (v_done.target_populations = 0 AND v_done.offers = 0 AND v_done.ad_events = 0);
+        EXIT WHEN v_error IS NOT NULL;
         v_batches := v_batches + 1;
-        v_stop := pgsnap._backfill_run_step(v_run, v_done.target_populations, v_done.offers, v_done.ad_events);
         IF v_own_xact THEN
             COMMIT;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         END IF;
         EXIT WHEN v_stop OR v_batches >= p_max_batches;
     END LOOP;
+    IF v_error IS NOT NULL THEN
+        -- release the session lock first: recording the run may have to wait
+        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
+    END IF;
     PERFORM pgsnap._backfill_run_finish(
         v_run,
         CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop THEN 'stopped' ELSE 'succeeded' END,
@@ -289,7 +307,10 @@ BEGIN
         IF v_own_xact THEN
             COMMIT;
         END IF;
-        RAISE EXCEPTION 'pgsnap backfill failed: %', v_error;
+        RAISE EXCEPTION 'pgsnap backfill failed: %', v_error USING ERRCODE = v_state;
+    END IF;
+    IF NOT v_own_xact THEN
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
     END IF;
 END;
 $$;

@@ -21,6 +21,7 @@ pg_cron jobs only run when scheduled from `pg_server.cron_dbname` (not from a cl
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -29,12 +30,15 @@ from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
 
+import pgsnap
 from pgsnap import deploy
 from pgsnap.cli import main
 from pgsnap.cluster import EmbeddedCluster, ExternalServer
 
 # the pid keeps parallel runs against one PGSNAP_TEST_DSN server apart
 TEST_DBNAME = f"pgsnap_test_{os.getpid()}"
+# the project the template is built from, whatever a test later sets PGSNAP_HOME to
+PROJECT_HOME = str(pgsnap.home())
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +67,22 @@ def _load_template(host, port, user, dbname, password=None, **_):
     """Build the template: every migration + sql/. migrate() closes all its connections, so
     nothing stays connected to the template (a connected template cannot be cloned)."""
     dsn = make_conninfo(host=host, port=port, user=user, dbname=dbname, password=password)
-    deploy.migrate(dsn)
+    with _env(PGSNAP_HOME=PROJECT_HOME):  # the template may be first needed under a test's monkeypatch
+        deploy.migrate(dsn)
+
+
+@contextmanager
+def _env(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 _pg_template = factories.postgresql_noproc(dbname=TEST_DBNAME, depends_on="_pg_base", load=[_load_template])

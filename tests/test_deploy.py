@@ -122,7 +122,7 @@ def test_no_backfill_stops_before_the_first_enforcement(home, empty_db_dsn, cli)
         assert c.execute("SELECT to_regproc('pgsnap.backfill_batch') IS NOT NULL").fetchone()[0]
 
 
-def test_enforcement_under_lock_gives_up_naming_the_blocker(staged, new_conn):
+def test_enforcement_under_lock_gives_up_naming_the_blocker(staged):
     blocker = psycopg.connect(staged, autocommit=False, application_name="blocker")
     try:
         blocker.execute("SELECT count(*) FROM things")  # ACCESS SHARE, held: SET NOT NULL must wait

@@ -21,6 +21,7 @@ from tests.legacy_data import (
     expected_snapshots,
     migration_ids,
     null_counts,
+    runs,
     seed_legacy_journey,
     snapshot_constraints,
     snapshots,
@@ -31,7 +32,12 @@ BASELINE = "0001.baseline-schema"
 ENFORCE_TP = "0005.enforce-target-populations-snapshot"
 ENFORCE_OFFERS = "0006.enforce-offers-snapshot"
 ENFORCE_EVENTS = "0007.enforce-ad-events-snapshot"
-SQL_FILES = len(list(deploy.sql_dir().glob("*.sql")))  # sql/ is deployed whole
+
+
+def sql_files() -> int:
+    """sql/ is deployed whole on every migrate: how many files (read when the test runs)."""
+    return len(list(deploy.sql_dir().glob("*.sql")))
+
 STOPPED = f"stopped before {ENFORCE_TP} (--no-backfill): run `pgsnap backfill`, then `pgsnap migrate`\n"
 ENFORCED_CONSTRAINTS = {f"{t}_snapshot_shape": True for t in SNAPSHOT_TABLES}
 MID_JOURNEY_CONSTRAINTS = {**{f"{t}_snapshot_shape": False for t in SNAPSHOT_TABLES},
@@ -68,10 +74,11 @@ def test_legacy_journey_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn
         "backfilling NULL snapshots\n"
         f"applying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
         "backfilled target_populations 3, offers 6, ad_events 10\n"
-        f"deployed {SQL_FILES} sql/ files\n"
+        f"deployed {sql_files()} sql/ files\n"
     )
     assert_enforced(empty_db_dsn)
     with psycopg.connect(empty_db_dsn) as c:
+        assert runs(c) == [("succeeded", 1, 3, 6, 10, None)]  # the journey's backfill is a recorded run
         # 0002 kept M1's row in the band the rule picks (B1: most groups), dropped the B3 one
         assert h.rows(c, "SELECT id, target_band_id, me_file_id FROM target_populations ORDER BY id") == [
             (1, h.B1, h.M1), (3, h.B2, h.M2), (4, h.B3, h.M3), (5, h.B2, h.M5)]
@@ -95,14 +102,14 @@ def test_legacy_journey_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn
     # a second migrate has nothing to do
     again = cli("migrate", dsn=empty_db_dsn)
     assert (again.exit_code, again.stdout) == (
-        0, f"nothing to apply: the database is up to date\ndeployed {SQL_FILES} sql/ files\n")
+        0, f"nothing to apply: the database is up to date\ndeployed {sql_files()} sql/ files\n")
 
 
 def test_empty_database_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn):
     result = cli("migrate", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout == "".join(f"applying {m}\n" for m in IDS[:4]) + "backfilling NULL snapshots\n" + \
-        "".join(f"applying {m}\n" for m in IDS[4:]) + f"deployed {SQL_FILES} sql/ files\n"
+        "".join(f"applying {m}\n" for m in IDS[4:]) + f"deployed {sql_files()} sql/ files\n"
     assert_enforced(empty_db_dsn)
 
 
@@ -112,7 +119,7 @@ def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout == (
         "applying 0002.pgsnap-schema\napplying 0003.scheduler\napplying 0004.snapshot-checks\n"
-        f"{STOPPED}deployed {SQL_FILES} sql/ files\n")
+        f"{STOPPED}deployed {sql_files()} sql/ files\n")
     assert applied(empty_db_dsn) == IDS[:4]
     with psycopg.connect(empty_db_dsn) as c:
         assert null_counts(c) == {"target_populations": 3, "offers": 6, "ad_events": 10}  # nothing filled
@@ -126,7 +133,7 @@ def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
             '"target_populations_snapshot_not_null"')
     # run again: it stops at the same place, and still fills nothing
     again = cli("migrate", "--no-backfill", dsn=empty_db_dsn)
-    assert (again.exit_code, again.stdout) == (0, f"{STOPPED}deployed {SQL_FILES} sql/ files\n")
+    assert (again.exit_code, again.stdout) == (0, f"{STOPPED}deployed {sql_files()} sql/ files\n")
     # `pgsnap backfill`, then `pgsnap migrate`, as the message says
     filled = cli("backfill", dsn=empty_db_dsn)
     assert (filled.exit_code, filled.stdout) == (
@@ -134,7 +141,7 @@ def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
     done = cli("migrate", dsn=empty_db_dsn)
     assert (done.exit_code, done.stdout) == (
         0, f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n"
-           f"applying {ENFORCE_EVENTS}\ndeployed {SQL_FILES} sql/ files\n")
+           f"applying {ENFORCE_EVENTS}\ndeployed {sql_files()} sql/ files\n")
     assert_enforced(empty_db_dsn)
 
 
@@ -166,6 +173,28 @@ def test_refusal_while_nulls_remain_applies_no_enforcement(cli, empty_db_dsn):
                              ) == [("ad_events", 1), ("offers", 1), ("tp", 4)]
     finally:
         holder.close()
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert_enforced(empty_db_dsn)
+
+
+def test_refusal_while_another_backfill_run_is_active(cli, empty_db_dsn):
+    """A safety-net run holds the backfill lock: the journey's backfill skips, so enforcement
+    refuses with every NULL still counted; nothing of 0005-0007 is applied."""
+    stage_legacy(cli, empty_db_dsn)
+    assert cli("migrate", "--no-backfill", dsn=empty_db_dsn).exit_code == 0
+    with psycopg.connect(empty_db_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(pgsnap.lock_key('backfill'))")
+        result = cli("migrate", dsn=empty_db_dsn)
+        assert (result.exit_code, result.stdout, result.stderr) == (
+            1, "backfilling NULL snapshots\n",
+            "error: cannot enforce NOT NULL: 19 NULL snapshots remain "
+            "(target_populations 3, offers 6, ad_events 10); run `pgsnap backfill`, then `pgsnap migrate`\n")
+        assert applied(empty_db_dsn) == IDS[:4]
+        with psycopg.connect(empty_db_dsn) as c:
+            assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
+            assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
+            assert runs(c) == [("skipped", 0, 0, 0, 0, None)]
     result = cli("migrate", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
     assert_enforced(empty_db_dsn)
@@ -212,7 +241,7 @@ def test_lock_contention_on_offers_gives_up_naming_table_and_blocker_then_a_reru
     assert (rerun.exit_code, rerun.stderr) == (0, "")
     assert rerun.stdout == (
         f"backfilling NULL snapshots\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
-        f"deployed {SQL_FILES} sql/ files\n")
+        f"deployed {sql_files()} sql/ files\n")
     assert_enforced(empty_db_dsn)
     with psycopg.connect(empty_db_dsn) as c:
         expected = expected_snapshots(c, legacy)
@@ -236,13 +265,8 @@ def test_lock_contention_retries_until_the_blocker_commits(cli, empty_db_dsn):
     assert_enforced(empty_db_dsn)
 
 
-LEGACY_LOCK_BUG = ("bug: 0002/0004 take ACCESS EXCLUSIVE locks but carry no `-- pgsnap: lock` marker, so "
-                   "--lock-timeout/--lock-retries do not apply: 0004 waits its own 5s then fails with "
-                   "'error: 55P03: canceling statement due to lock timeout' (exit 1, no table, no blocker); "
-                   "0002 has no lock_timeout at all and waits for as long as the blocker lives")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEGACY_LOCK_BUG)
 @pytest.mark.parametrize("table, done", [("offers", IDS[:3]), ("target_populations", IDS[:1])])
 def test_lock_contention_from_a_legacy_database_names_the_table(cli, empty_db_dsn, table, done):
     """From a legacy database, 0002 (target_populations, target_bands) and 0004 (all three tables)
@@ -257,7 +281,8 @@ def test_lock_contention_from_a_legacy_database_names_the_table(cli, empty_db_ds
         result = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
         elapsed = time.monotonic() - started
         assert result.exit_code == 3, (elapsed, result.stderr)
-        assert re.fullmatch(rf"error: could not lock table {table} after 3 attempts \(lock_timeout 100ms\); "
+        assert re.fullmatch(rf"error: could not lock tables? [\w, ]*\b{table}\b[\w, ]* after 3 attempts "
+                            r"\(lock_timeout 100ms\); "
                             rf"blocked by pid {blocker.info.backend_pid} \(blocker, .*\); "
                             r"nothing was changed by this step; re-run `pgsnap migrate` when it is gone\n",
                             result.stderr)

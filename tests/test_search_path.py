@@ -175,13 +175,13 @@ def with_temp_shadows(conn: psycopg.Connection) -> psycopg.Connection:
 
 
 # -- reading a run's outcome ----------------------------------------------------------------------
-VOLATILE = {"created_at", "updated_at", "launched_at", "last_populated_at", "started_at", "finished_at",
-            "pid"}
+VOLATILE = {"created_at", "updated_at", "launched_at", "last_populated_at", "populating_since", "started_at",
+            "finished_at", "pid", "synced_by"}
 
 
 def state(conn) -> dict[str, list]:
     """Every table of public, pgsnap, evil and this session's temporary schema, with the columns
-    that hold clock times or pids reduced to "set or not"."""
+    that hold clock times, pids or transaction ids reduced to "set or not"."""
     temp = h.value(conn, "SELECT (SELECT nspname FROM pg_catalog.pg_namespace"
                          "         WHERE oid = pg_catalog.pg_my_temp_schema())")
     result = {}
@@ -191,8 +191,6 @@ def state(conn) -> dict[str, list]:
             row = json.loads(text)
             for key in VOLATILE & row.keys():
                 row[key] = row[key] is not None
-            if table == "pgsnap.settings" and row["key"].startswith("populating_since:"):
-                row["value"] = "<time>"
             found.append(row)
         result[table.replace(temp, "pg_temp") if temp else table] = sorted(found, key=json.dumps)
     return result
