@@ -7,7 +7,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    SELECT tp.matching_tags_snapshot INTO NEW.matching_tags_snapshot
+    -- a legacy population not yet backfilled gives what the backfill will give it
+    SELECT coalesce(tp.matching_tags_snapshot, pgsnap.build_snapshot(tp.me_file_id, tp.target_band_id))
+      INTO NEW.matching_tags_snapshot
       FROM public.target_populations tp
      WHERE tp.me_file_id = NEW.me_file_id AND tp.target_band_id = NEW.target_band_id;
     IF NEW.matching_tags_snapshot IS NULL THEN
@@ -72,9 +74,8 @@ BEGIN
     END IF;
 
     INSERT INTO public.offers (campaign_id, me_file_id, target_band_id, offer_amt, matching_tags_snapshot)
-    SELECT p_campaign_id, tp.me_file_id, tp.target_band_id, b.offer_amt,
-           -- a legacy row not yet backfilled gets what the backfill would give it
-           coalesce(tp.matching_tags_snapshot, pgsnap.build_snapshot(tp.me_file_id, tp.target_band_id))
+    -- the snapshot is copied; a legacy NULL one is filled by offers_inherit_snapshot
+    SELECT p_campaign_id, tp.me_file_id, tp.target_band_id, b.offer_amt, tp.matching_tags_snapshot
       FROM public.target_populations tp
       JOIN public.bids b ON b.target_band_id = tp.target_band_id AND b.campaign_id = p_campaign_id
      WHERE tp.target_id = v_target

@@ -242,10 +242,9 @@ def test_mid_journey_new_nulls_are_rejected_legacy_ones_tolerated(mid_journey):
     assert snapshots(conn, "target_populations")[1] == h.build_snapshot(conn, h.M1, h.B1)
 
 
-def test_mid_journey_offer_of_a_legacy_null_population_is_rejected(mid_journey):
-    """The trigger copies the population's snapshot; a legacy NULL one cannot be copied."""
+def test_mid_journey_offer_of_a_legacy_null_population_gets_the_built_snapshot(mid_journey):
+    """A population not yet backfilled has no snapshot to copy: the offer gets what the backfill
+    would give both of them (build_snapshot), never a NULL."""
     conn = mid_journey
-    with pytest.raises(errors.NotNullViolation) as refused:
-        add_offer(conn, 2, C1, h.M1, h.B1)
-    assert refused.value.diag.message_primary.startswith(
-        f"offer for me_file {h.M1} in band {h.B1} has no snapshot")
+    add_offer(conn, 2, C1, h.M1, h.B1)
+    assert snapshots(conn, "offers")[2] == h.build_snapshot(conn, h.M1, h.B1)
