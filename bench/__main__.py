@@ -48,6 +48,9 @@ def main(scale: str, out: Path | None, dsn: str | None, seed: int, keep_db: bool
                     _drop_database(server.dsn("postgres"), dbname)
     except PgsnapError as exc:
         raise click.ClickException(exc.message) from None
+    except psycopg.Error as exc:
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise click.ClickException(f"database error: {first}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     click.echo(format_table(report))
@@ -55,8 +58,12 @@ def main(scale: str, out: Path | None, dsn: str | None, seed: int, keep_db: bool
 
 
 def _drop_database(maintenance_dsn: str, dbname: str) -> None:
-    with psycopg.connect(maintenance_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    try:
+        with psycopg.connect(maintenance_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    except psycopg.Error as exc:  # never hide the run's own outcome behind the clean-up's
+        click.echo(f"warning: could not drop database {dbname}: {str(exc).strip().splitlines()[0]}",
+                   err=True)
 
 
 def format_table(report: dict) -> str:

@@ -318,6 +318,7 @@ def e_sync_latency(ctx: Context) -> dict[str, Any]:
         batch = ctx.narrow[populated: populated + max(want, 0)]
         ctx.log(f"e_sync_latency: bringing {len(batch)} more targets to populated ...")
         t_pop = maintain(c, batch)
+        c.execute("VACUUM (ANALYZE) target_populations")  # no autovacuum run amid the timings
         populated += len(batch)
         out["runs"][str(maintained)] = {
             **_tag_changes(c, me_files, probe, probe_name),

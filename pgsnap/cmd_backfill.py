@@ -21,6 +21,8 @@ def backfill(app, band_id, batch_size, max_batches, dry_run):
     if max_batches is not None and max_batches < 1:
         raise PgsnapError(f"max batches must be a positive integer, got {max_batches}", exit_code=2)
     conn = app.connect(allow_behind=True)  # must work mid-journey, before enforcement
+    if conn.execute("SELECT to_regprocedure('pgsnap.backfill_batch(integer)') IS NULL").fetchone()[0]:
+        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", exit_code=2)
     if band_id is not None:
         if not conn.execute("SELECT 1 FROM public.target_bands WHERE id = %s", [band_id]).fetchone():
             raise PgsnapError(f"target band {band_id} does not exist", exit_code=1)

@@ -147,3 +147,11 @@ def test_bench_tiny_reports_every_figure(pg_server, tmp_path):
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgsnap_bench_tiny_%'"
                             ).fetchone()[0] == 0
+
+
+def test_table_writes_counts_this_sessions_writes_at_once(conn):
+    """(d)'s "rows written" must see writes made a statement earlier on the same connection."""
+    before = scenarios.table_writes(conn, "me_files")
+    conn.execute("INSERT INTO me_files (display_name) SELECT 'w' FROM generate_series(1, 3)")
+    conn.execute("UPDATE me_files SET display_name = 'v' WHERE display_name = 'w'")
+    assert scenarios.table_writes(conn, "me_files") - before == 6

@@ -66,7 +66,7 @@ def healthy(conn):
                   " SELECT id, campaign_id, me_file_id, target_band_id, 'shown' FROM offers"
                   " WHERE me_file_id = %s", (M1,))
     execute(conn, "CALL pgsnap.backfill_missing_snapshots()")
-    return rows(conn, "SELECT id, finished_at FROM pgsnap.backfill_runs")[0]
+    return rows(conn, "SELECT id, finished_at FROM pgsnap.backfill_runs ORDER BY id DESC LIMIT 1")[0]
 
 
 def healthy_checks(run_id: int, finished: datetime) -> list[dict]:
@@ -139,7 +139,8 @@ def test_check_healthy_text(cli, healthy):
     )
 
 
-def test_check_on_an_empty_database_is_healthy(cli):
+def test_check_on_an_empty_database_is_healthy(cli, conn):
+    execute(conn, "DELETE FROM pgsnap.backfill_runs")  # the template's migrate recorded one
     code, report = check_json(cli)
     assert code == 0
     assert [(c["check"], c["violations"], c["detail"]) for c in report["checks"]][-1] == (
@@ -482,7 +483,8 @@ def test_status_shows_every_section(cli, conn, healthy):
     assert section(out, "migrations") == [f"{n} applied, 0 pending"]
 
 
-def test_status_without_jobs_or_runs(cli):
+def test_status_without_jobs_or_runs(cli, conn):
+    execute(conn, "DELETE FROM pgsnap.backfill_runs")  # the template's migrate recorded one
     result = cli("status")
     assert result.exit_code == 0, result.output
     assert section(result.stdout, "backfill runs (latest 5)") == ["no backfill run yet"]
@@ -491,13 +493,15 @@ def test_status_without_jobs_or_runs(cli):
 
 
 def test_status_shows_the_latest_five_runs_newest_first(cli, conn):
+    first = value(conn, "SELECT coalesce(max(id), 0) + 1 FROM pgsnap.backfill_runs")
+    execute(conn, "DELETE FROM pgsnap.backfill_runs")  # the template's migrate recorded one
     for i in range(7):
         execute(conn, "INSERT INTO pgsnap.backfill_runs (started_at, finished_at, status, error)"
                       " VALUES (%s, %s, %s, %s)",
                 (datetime(2026, 1, 1, i, tzinfo=UTC), datetime(2026, 1, 1, i, 5, tzinfo=UTC),
                  "failed" if i == 5 else "succeeded", "boom\nsecond line" if i == 5 else None))
     runs = section(cli("status").stdout, "backfill runs (latest 5)")
-    assert [r.split()[0] for r in runs[1:]] == ["7", "6", "5", "4", "3"]
+    assert [int(r.split()[0]) - first + 1 for r in runs[1:]] == [7, 6, 5, 4, 3]
     assert runs[2].split()[5:] == ["failed", "0", "0", "0", "0", "boom"]
 
 

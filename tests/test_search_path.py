@@ -304,8 +304,7 @@ def test_hostile_search_path_changes_nothing(hostile_dsn, call, path):
         assert {t: r for t, r in after.items() if not t.startswith("pg_temp.")} == expected_state
         assert {t: r for t, r in after.items() if t.startswith(("evil.", "pg_temp."))} == {
             t: r for t, r in untouched.items() if t.startswith(("evil.", "pg_temp."))}
-        if call != "backfill_missing_snapshots":  # see test_caller_gets_its_search_path_back
-            assert left_with == path  # the caller's search_path is the caller's again
+        assert left_with == path  # the caller's search_path is the caller's again
 
 
 def untouched_without_temp(snapshot: dict) -> dict:
@@ -349,12 +348,7 @@ def test_every_function_pins_its_search_path(conn):
         assert src.split("\nBEGIN\n", 1)[1].lstrip().startswith(pin), name
 
 
-@pytest.mark.parametrize("call", [
-    "populate_target",
-    pytest.param("backfill_missing_snapshots", marks=pytest.mark.xfail(strict=True, reason=(
-        "sql/70_backfill.sql: backfill_missing_snapshots pins search_path for the rest of the caller's "
-        "transaction (populate_target saves and restores the caller's)"))),
-])
+@pytest.mark.parametrize("call", ["populate_target", "backfill_missing_snapshots"])
 def test_caller_gets_its_search_path_back(hostile_dsn, call):
     """A CALL inside the caller's transaction runs atomically; afterwards the caller's own unqualified
     names must still resolve as before."""
