@@ -150,9 +150,8 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
                 "  FROM public.target_populations tp"
                 " WHERE jsonb_array_length(tp.matching_tags_snapshot -> 'tags') >= 3"
                 " ORDER BY tp.id LIMIT 1").fetchone()
-            counts = dict(conn.execute(
-                "SELECT relname, n_live_tup FROM pg_stat_user_tables WHERE schemaname = 'public'"
-            ).fetchall())
+            counts = {t: conn.execute(f"SELECT count(*) FROM public.{t}").fetchone()[0]
+                      for t in ("me_files", "me_file_tags", *TABLES)}
 
     echo("")
     echo("pgsnap demo report")
@@ -167,8 +166,11 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
         echo(f"  {seconds:7.2f}s  {title}")
     if sample:
         echo(f"  sample snapshot (target {sample[0]}, band {sample[1]}, me_file {sample[2]}):")
-        for line in json.dumps(sample[3], indent=2).splitlines():
-            echo(f"    {line}")
+        echo('    {"tags": [')
+        entries = sample[3]["tags"]
+        for i, entry in enumerate(entries):
+            echo(f"        {json.dumps(entry)}" + ("," if i < len(entries) - 1 else ""))
+        echo("    ]}")
     report["violations"] = dict(bad)
     report["healthy"] = not bad
     echo("check: healthy" if not bad else "check: " + ", ".join(f"{n} {v}" for n, v in bad))
