@@ -71,6 +71,14 @@ CREATE FUNCTION pgsnap._backfill_run_start() RETURNS bigint
 DECLARE
     v_run bigint;
 BEGIN
+    -- a run of this session that was cancelled mid-way may still hold the
+    -- session-level lock: drop it, or every other session would skip forever
+    WHILE EXISTS (SELECT 1 FROM pg_locks l
+                   WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
+                     AND l.objsubid = 1 AND l.granted
+                     AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('backfill')) LOOP
+        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
+    END LOOP;
     IF NOT pg_try_advisory_lock(pgsnap.lock_key('backfill')) THEN
         INSERT INTO pgsnap.backfill_runs (status, finished_at)
         VALUES ('skipped', clock_timestamp());
@@ -129,7 +137,9 @@ CREATE FUNCTION pgsnap._offer_snapshot() RETURNS trigger
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    SELECT tp.matching_tags_snapshot INTO NEW.matching_tags_snapshot
+    -- a legacy population not yet backfilled gives what the backfill will give it
+    SELECT coalesce(tp.matching_tags_snapshot, pgsnap.build_snapshot(tp.me_file_id, tp.target_band_id))
+      INTO NEW.matching_tags_snapshot
       FROM public.target_populations tp
      WHERE tp.me_file_id = NEW.me_file_id AND tp.target_band_id = NEW.target_band_id;
     IF NEW.matching_tags_snapshot IS NULL THEN
@@ -151,12 +161,7 @@ CREATE FUNCTION pgsnap._populate_batches(p_target_id bigint, p_batch_size intege
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     WITH candidates AS (
-        SELECT t.me_file_id
-          FROM public.target_bands b
-          JOIN public.target_band_trait_groups bg ON bg.target_band_id = b.id
-          JOIN public.trait_group_traits gt ON gt.trait_group_id = bg.trait_group_id
-          JOIN public.me_file_tags t ON t.trait_id = gt.trait_id
-         WHERE b.target_id = p_target_id
+        SELECT m.me_file_id FROM pgsnap.memberships(ARRAY[p_target_id]) m
         UNION
         SELECT tp.me_file_id FROM public.target_populations tp WHERE tp.target_id = p_target_id
     ),
@@ -262,15 +267,31 @@ DECLARE
     v_bands   bigint[];
     v_files   bigint[];
 BEGIN
-    -- Serialise with other writers of these me_files: sync takes the row lock
+    -- Serialise with other writers of these me_files: sync takes the lock
     -- exclusively, populate shares it, and the statements below run on a fresh
-    -- snapshot taken after the lock, so they see every committed tag change.
+    -- snapshot taken after the lock, so (under READ COMMITTED) they see every
+    -- committed tag change. Advisory locks, not me_files row locks: a sync
+    -- runs at COMMIT while its transaction still holds tag rows, and a row
+    -- lock on me_files there would deadlock with an application transaction
+    -- that locked the me_file first. Ids share 1024 lock slots, so a
+    -- statement touching thousands of me_files takes at most 1024 locks.
     IF p_exclusive THEN
-        PERFORM 1 FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
-          ORDER BY f.id FOR NO KEY UPDATE;
+        PERFORM pg_advisory_xact_lock(pgsnap.lock_key('me_file:' || s.slot))
+           FROM (SELECT DISTINCT f.id % 1024 AS slot FROM unnest(p_me_file_ids) AS f(id)) s
+          ORDER BY s.slot;
+        -- Leave a trace per me_file: a REPEATABLE READ or SERIALIZABLE writer
+        -- whose snapshot predates another sync of the same me_file then fails
+        -- here with a serialization error (40001) instead of writing a
+        -- population computed from tags that are no longer current.
+        INSERT INTO pgsnap.me_file_syncs AS s (me_file_id, synced_by)
+        SELECT f.id, pg_current_xact_id()
+          FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
+         ORDER BY f.id
+        ON CONFLICT (me_file_id) DO UPDATE SET synced_by = EXCLUDED.synced_by;
     ELSE
-        PERFORM 1 FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
-          ORDER BY f.id FOR SHARE;
+        PERFORM pg_advisory_xact_lock_shared(pgsnap.lock_key('me_file:' || s.slot))
+           FROM (SELECT DISTINCT f.id % 1024 AS slot FROM unnest(p_me_file_ids) AS f(id)) s
+          ORDER BY s.slot;
     END IF;
 
     SELECT array_agg(m.target_band_id), array_agg(m.me_file_id)
@@ -398,6 +419,9 @@ BEGIN
       INTO v_files, v_traits
       FROM q;
     -- me_files deleted in this transaction have no rows left to fix
+    DELETE FROM pgsnap.me_file_syncs s
+     WHERE s.me_file_id = ANY (v_files)
+       AND NOT EXISTS (SELECT 1 FROM public.me_files f WHERE f.id = s.me_file_id);
     SELECT array_agg(f.id) INTO v_files FROM public.me_files f WHERE f.id = ANY (v_files);
     PERFORM pgsnap._sync(v_files, v_traits);
     RETURN NULL;
@@ -466,21 +490,12 @@ $$;
 --
 
 CREATE FUNCTION pgsnap._track_populating() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    IF TG_OP <> 'DELETE' AND NEW.population_status = 'populating' THEN
-        INSERT INTO pgsnap.settings AS s (key, value)
-        VALUES ('populating_since:' || NEW.id,
-                to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
-    ELSIF TG_OP <> 'INSERT' THEN
-        IF TG_OP = 'DELETE' OR OLD.population_status = 'populating' THEN
-            DELETE FROM pgsnap.settings s WHERE s.key = 'populating_since:' || OLD.id;
-        END IF;
-    END IF;
-    RETURN NULL;
+    NEW.populating_since := CASE WHEN NEW.population_status = 'populating' THEN now() END;
+    RETURN NEW;
 END;
 $$;
 
@@ -488,7 +503,7 @@ $$;
 -- Name: FUNCTION _track_populating(); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap._track_populating() IS 'Internal: records in pgsnap.settings (populating_since:<id>) when a target was last set populating.';
+COMMENT ON FUNCTION pgsnap._track_populating() IS 'Internal: keeps targets.populating_since equal to when the target last entered populating.';
 
 --
 -- Name: backfill_band(bigint, integer); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -649,11 +664,13 @@ CREATE PROCEDURE pgsnap.backfill_missing_snapshots(IN p_batch_size integer DEFAU
     AS $$
 DECLARE
     v_own_xact boolean := pg_catalog.now() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp();
+    v_caller_path text := pg_catalog.current_setting('search_path');
     v_run      bigint;
     v_done     record;
     v_batches  integer := 0;
     v_stop     boolean := false;
     v_error    text;
+    v_state    text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     PERFORM pgsnap._check_batch_size(p_batch_size);
@@ -663,6 +680,7 @@ BEGIN
     END IF;
     v_run := pgsnap._backfill_run_start();
     IF v_run IS NULL THEN
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
         RETURN;
     END IF;
     IF v_own_xact THEN
@@ -670,21 +688,28 @@ BEGIN
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     LOOP
+        -- every failure of a batch, a cancel included, ends the run on the
+        -- record (the COMMIT stays outside: a block with EXCEPTION may not commit)
         BEGIN
             SELECT * INTO v_done FROM pgsnap.backfill_batch(p_batch_size);
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
+            EXIT WHEN v_done.target_populations = 0 AND v_done.offers = 0 AND v_done.ad_events = 0;
+            v_stop := pgsnap._backfill_run_step(v_run, v_done.target_populations, v_done.offers,
+                                                v_done.ad_events);
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
         END;
-        EXIT WHEN v_error IS NOT NULL
-              OR (v_done.target_populations = 0 AND v_done.offers = 0 AND v_done.ad_events = 0);
+        EXIT WHEN v_error IS NOT NULL;
         v_batches := v_batches + 1;
-        v_stop := pgsnap._backfill_run_step(v_run, v_done.target_populations, v_done.offers, v_done.ad_events);
         IF v_own_xact THEN
             COMMIT;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         END IF;
         EXIT WHEN v_stop OR v_batches >= p_max_batches;
     END LOOP;
+    IF v_error IS NOT NULL THEN
+        -- release the session lock first: recording the run may have to wait
+        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
+    END IF;
     PERFORM pgsnap._backfill_run_finish(
         v_run,
         CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop THEN 'stopped' ELSE 'succeeded' END,
@@ -693,7 +718,10 @@ BEGIN
         IF v_own_xact THEN
             COMMIT;
         END IF;
-        RAISE EXCEPTION 'pgsnap backfill failed: %', v_error;
+        RAISE EXCEPTION 'pgsnap backfill failed: %', v_error USING ERRCODE = v_state;
+    END IF;
+    IF NOT v_own_xact THEN
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
     END IF;
 END;
 $$;
@@ -1058,9 +1086,8 @@ BEGIN
     END IF;
 
     INSERT INTO public.offers (campaign_id, me_file_id, target_band_id, offer_amt, matching_tags_snapshot)
-    SELECT p_campaign_id, tp.me_file_id, tp.target_band_id, b.offer_amt,
-           -- a legacy row not yet backfilled gets what the backfill would give it
-           coalesce(tp.matching_tags_snapshot, pgsnap.build_snapshot(tp.me_file_id, tp.target_band_id))
+    -- the snapshot is copied; a legacy NULL one is filled by offers_inherit_snapshot
+    SELECT p_campaign_id, tp.me_file_id, tp.target_band_id, b.offer_amt, tp.matching_tags_snapshot
       FROM public.target_populations tp
       JOIN public.bids b ON b.target_band_id = tp.target_band_id AND b.campaign_id = p_campaign_id
      WHERE tp.target_id = v_target
@@ -1099,9 +1126,13 @@ COMMENT ON FUNCTION pgsnap.lock_key(p_name text) IS 'Advisory lock key of a name
 --
 
 CREATE FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[] DEFAULT NULL::bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint)
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: its plan is cached per session instead of re-planned per call
+    RETURN QUERY
+
     WITH band_groups AS (
         SELECT b.target_id, b.id AS band_id, b.is_bullseye, bg.trait_group_id,
                count(*) OVER (PARTITION BY b.id) AS n_groups
@@ -1134,7 +1165,8 @@ CREATE FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[]
     )
     SELECT DISTINCT ON (s.target_id, s.me_file_id) s.target_id, s.band_id, s.me_file_id
       FROM satisfied s
-     ORDER BY s.target_id, s.me_file_id, s.n_groups DESC, s.is_bullseye DESC, s.band_id
+     ORDER BY s.target_id, s.me_file_id, s.n_groups DESC, s.is_bullseye DESC, s.band_id;
+END;
 $$;
 
 --
@@ -1218,8 +1250,7 @@ CREATE FUNCTION pgsnap.populating_targets() RETURNS TABLE(target_id bigint, sinc
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT t.id,
-           (SELECT s.value::timestamptz FROM pgsnap.settings s
-             WHERE s.key = 'populating_since:' || t.id),
+           t.populating_since,
            t.last_populated_at,
            (SELECT l.pid FROM pg_catalog.pg_locks l
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
@@ -1267,9 +1298,13 @@ COMMENT ON FUNCTION pgsnap.snapshot_health() IS 'NULL snapshots and total rows p
 --
 
 CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RETURNS TABLE(me_file_id bigint, target_band_id bigint, snapshot jsonb)
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: its plan is cached per session instead of re-planned per call
+    RETURN QUERY
+
     WITH pairs AS (
         SELECT DISTINCT u.me_file_id, u.band_id
           FROM unnest(p_me_file_ids, p_band_ids) AS u(me_file_id, band_id)
@@ -1310,7 +1345,8 @@ CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RE
                '[]'::jsonb))
       FROM pairs p
       LEFT JOIN parents pa ON pa.me_file_id = p.me_file_id AND pa.band_id = p.band_id
-     GROUP BY p.me_file_id, p.band_id
+     GROUP BY p.me_file_id, p.band_id;
+END;
 $$;
 
 --
@@ -1516,6 +1552,15 @@ ALTER TABLE pgsnap.jobs ALTER COLUMN jobid ADD GENERATED BY DEFAULT AS IDENTITY 
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
+);
+
+--
+-- Name: me_file_syncs; Type: TABLE; Schema: pgsnap; Owner: -
+--
+
+CREATE TABLE pgsnap.me_file_syncs (
+    me_file_id bigint NOT NULL,
+    synced_by xid8 NOT NULL
 );
 
 --
@@ -1773,6 +1818,7 @@ CREATE TABLE public.targets (
     title text NOT NULL,
     population_status text DEFAULT 'not_populated'::text NOT NULL,
     last_populated_at timestamp with time zone,
+    populating_since timestamp with time zone,
     CONSTRAINT targets_population_status_check CHECK ((population_status = ANY (ARRAY['not_populated'::text, 'populating'::text, 'populated'::text])))
 );
 
@@ -1873,6 +1919,13 @@ ALTER TABLE ONLY pgsnap.jobs
 
 ALTER TABLE ONLY pgsnap.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (jobid);
+
+--
+-- Name: me_file_syncs me_file_syncs_pkey; Type: CONSTRAINT; Schema: pgsnap; Owner: -
+--
+
+ALTER TABLE ONLY pgsnap.me_file_syncs
+    ADD CONSTRAINT me_file_syncs_pkey PRIMARY KEY (me_file_id);
 
 --
 -- Name: settings settings_pkey; Type: CONSTRAINT; Schema: pgsnap; Owner: -
@@ -2188,13 +2241,7 @@ CREATE TRIGGER target_populations_target_id BEFORE INSERT OR UPDATE OF target_ba
 -- Name: targets targets_track_populating; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER targets_track_populating AFTER INSERT OR UPDATE OF population_status ON public.targets FOR EACH ROW EXECUTE FUNCTION pgsnap._track_populating();
-
---
--- Name: targets targets_track_populating_delete; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER targets_track_populating_delete AFTER DELETE ON public.targets FOR EACH ROW WHEN ((old.population_status = 'populating'::text)) EXECUTE FUNCTION pgsnap._track_populating();
+CREATE TRIGGER targets_track_populating BEFORE INSERT OR UPDATE OF population_status ON public.targets FOR EACH ROW EXECUTE FUNCTION pgsnap._track_populating();
 
 --
 -- Name: ad_events ad_events_offer_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
