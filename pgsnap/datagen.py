@@ -297,32 +297,26 @@ ORDER BY m.id, x.slot;
 
 # --- the legacy state (plain SQL: no pgsnap object exists yet) -------------------------
 
-# The membership rule of design.md section 3, restated for the legacy schema.
+# Where the legacy application had put each me_file. Deliberately NOT pgsnap's rule (that is
+# defined once, in sql/10_membership.sql, and does not exist yet on a legacy schema): anyone
+# holding a trait of a target's groups sat in the band of the lowest id among the bands whose
+# groups they touched. Legacy rows are imperfect on purpose; populate puts them right.
 _LEGACY_RULE = """
 DROP TABLE IF EXISTS pg_temp.dg_rule;
 CREATE TEMP TABLE dg_rule AS
-WITH bands AS (
-    SELECT b.id AS band_id, b.target_id, b.is_bullseye, count(*) AS n_groups
-    FROM target_bands AS b JOIN target_band_trait_groups AS bg ON bg.target_band_id = b.id
-    WHERE b.target_id = ANY(%(targets)s)
-    GROUP BY b.id
-), sat AS (
-    SELECT bg.target_band_id AS band_id, t.me_file_id, count(DISTINCT bg.trait_group_id) AS n
-    FROM bands AS b
-    JOIN target_band_trait_groups AS bg ON bg.target_band_id = b.band_id
-    JOIN trait_group_traits AS gt ON gt.trait_group_id = bg.trait_group_id
-    JOIN me_file_tags AS t ON t.trait_id = gt.trait_id
-    GROUP BY 1, 2
-)
-SELECT DISTINCT ON (b.target_id, s.me_file_id) b.target_id, b.band_id, s.me_file_id
-FROM sat AS s JOIN bands AS b USING (band_id)
-WHERE s.n = b.n_groups
-ORDER BY b.target_id, s.me_file_id, b.n_groups DESC, b.is_bullseye DESC, b.band_id;
+SELECT DISTINCT ON (b.target_id, t.me_file_id) b.target_id, b.id AS band_id, t.me_file_id
+FROM target_bands AS b
+JOIN target_band_trait_groups AS bg ON bg.target_band_id = b.id
+JOIN trait_group_traits AS gt ON gt.trait_group_id = bg.trait_group_id
+JOIN me_file_tags AS t ON t.trait_id = gt.trait_id
+WHERE b.target_id = ANY(%(targets)s)
+ORDER BY b.target_id, t.me_file_id, b.id;
 """
 
-# Legacy populations: the rule's rows, 5 % of them in another band of the target, plus 2 %
-# of the non-members as stale rows in the outer ring; 60 % with a NULL snapshot, the rest
-# with the snapshot the original wrote (tag_value as stored, JSON null when NULL).
+# Legacy populations: the placed rows, 5 % of them in another band of the target, plus 2 %
+# of the others as stale rows in the outer ring; 60 % with a NULL snapshot, the rest with an
+# empty one (`{"tags": []}`, what the original stored when it found nothing): stale values
+# that populate refreshes, while the backfill only ever fills the NULLs.
 _LEGACY_POPULATIONS = """
 DROP TABLE IF EXISTS pg_temp.dg_legacy_pop;
 CREATE TEMP TABLE dg_legacy_pop AS
@@ -350,26 +344,9 @@ FROM picked AS p;
 
 INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot, created_at, updated_at)
 SELECT p.band_id, p.me_file_id,
-       CASE WHEN p.with_snapshot THEN coalesce(s.snapshot, '{"tags": []}') END,
+       CASE WHEN p.with_snapshot THEN jsonb '{"tags": []}' END,
        timestamptz %(epoch)s, timestamptz %(epoch)s
 FROM dg_legacy_pop AS p
-LEFT JOIN LATERAL (
-    SELECT jsonb_build_object('tags', jsonb_agg(
-               jsonb_build_array(par.id, par.trait_name, par.display_order, e.children)
-               ORDER BY par.display_order, par.id)) AS snapshot
-    FROM (SELECT c.parent_trait_id AS parent_id,
-                 jsonb_agg(jsonb_build_array(c.id, t.tag_value, c.display_order)
-                           ORDER BY c.display_order, c.id) AS children
-          FROM me_file_tags AS t
-          JOIN traits AS c ON c.id = t.trait_id
-          WHERE t.me_file_id = p.me_file_id
-            AND t.trait_id IN (SELECT gt.trait_id
-                               FROM target_band_trait_groups AS bg
-                               JOIN trait_group_traits AS gt USING (trait_group_id)
-                               WHERE bg.target_band_id = p.band_id)
-          GROUP BY c.parent_trait_id) AS e
-    JOIN traits AS par ON par.id = e.parent_id
-) AS s ON p.with_snapshot
 ORDER BY p.target_id, p.me_file_id;
 """
 
@@ -590,15 +567,6 @@ def generate_legacy_rows(
     totals = {name: {"rows": rows, "null": nulls}
               for name, rows, nulls in conn.execute(_LEGACY_COUNTS)}
     return {"totals": totals, "populations_by_kind": populations, "offers_by_kind": offers}
-
-
-def rule_rows(conn: psycopg.Connection, target_ids: list[int]) -> set[tuple[int, int, int]]:
-    """(target_id, band_id, me_file_id) per the membership rule, computed with the plain-SQL
-    restatement the legacy generator uses (works without any pgsnap object)."""
-    with conn.transaction():
-        _prepare(conn)
-        _run(conn, _LEGACY_RULE, {"targets": list(target_ids)})
-        return set(conn.execute("SELECT target_id, band_id, me_file_id FROM pg_temp.dg_rule"))
 
 
 def table_counts(conn: psycopg.Connection) -> dict[str, int]:

@@ -7,6 +7,8 @@
 CREATE OR REPLACE FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[] DEFAULT NULL)
 RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
+-- callers are mostly one me_file or one batch: plan their joins for few rows
+ROWS 50
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

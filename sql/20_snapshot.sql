@@ -5,6 +5,8 @@
 CREATE OR REPLACE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[])
 RETURNS TABLE (me_file_id bigint, target_band_id bigint, snapshot jsonb)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
+-- callers are mostly one me_file or one batch: plan their joins for few rows
+ROWS 50
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

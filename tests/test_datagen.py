@@ -175,13 +175,3 @@ def test_legacy_rows_then_migrate_reaches_the_enforced_state(legacy_conn, empty_
     assert value(legacy_conn, """
         SELECT count(*) FROM target_populations WHERE matching_tags_snapshot IS NULL""") == 0
     assert value(legacy_conn, "SELECT count(*) FROM offers WHERE matching_tags_snapshot IS NULL") == 0
-
-
-def test_plain_sql_rule_agrees_with_pgsnap_memberships(conn):
-    """The legacy generator's restatement of the rule = the one SQL definition."""
-    ds = datagen.generate(conn, me_files=1500, targets=4, seed=2, narrow_targets=30)
-    targets = ds.target_ids + ds.narrow_target_ids
-    expected = set(rows(conn, "SELECT target_id, target_band_id, me_file_id"
-                              " FROM pgsnap.memberships(%s, NULL)", [targets]))
-    assert datagen.rule_rows(conn, targets) == expected
-    assert len(expected) > 500
