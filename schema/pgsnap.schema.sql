@@ -1126,7 +1126,7 @@ COMMENT ON FUNCTION pgsnap.lock_key(p_name text) IS 'Advisory lock key of a name
 --
 
 CREATE FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[] DEFAULT NULL::bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint)
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE ROWS 50 PARALLEL SAFE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
@@ -1298,7 +1298,7 @@ COMMENT ON FUNCTION pgsnap.snapshot_health() IS 'NULL snapshots and total rows p
 --
 
 CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RETURNS TABLE(me_file_id bigint, target_band_id bigint, snapshot jsonb)
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE ROWS 50 PARALLEL SAFE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
