@@ -8,7 +8,7 @@ import psycopg
 
 from pgsnap.errors import PgsnapError
 
-TABLES = ("target_populations", "offers", "ad_events")
+TABLES = ("target_populations", "offers", "ad_events")  # the three tables that carry a snapshot
 
 
 @dataclass

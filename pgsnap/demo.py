@@ -18,7 +18,7 @@ from pgsnap.populate import populate
 from pgsnap.progress import progress
 
 BASELINE = "0001.baseline-schema"
-TABLES = ("target_populations", "offers", "ad_events")
+TABLES = backfill.TABLES
 
 
 class Story:

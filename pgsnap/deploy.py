@@ -31,7 +31,7 @@ from pgsnap import backfill, home
 from pgsnap.db import connect, parse_dsn
 from pgsnap.errors import PgsnapError
 
-SNAPSHOT_TABLES = ("target_populations", "offers", "ad_events")
+SNAPSHOT_TABLES = backfill.TABLES  # the three tables that carry a snapshot
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
 
 _MARKER = re.compile(r"^\s*--\s*pgsnap:\s*(enforce|lock)\s+([\w.]+(?:[\s,]+[\w.]+)*)\s*$", re.IGNORECASE)
