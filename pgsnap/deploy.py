@@ -27,11 +27,12 @@ from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
 from yoyo.migrations import Migration, MigrationList
 
-from pgsnap import backfill, home
+from pgsnap import backfill as safety_net
+from pgsnap import home
 from pgsnap.db import connect, parse_dsn
 from pgsnap.errors import PgsnapError
 
-SNAPSHOT_TABLES = backfill.TABLES  # the three tables that carry a snapshot
+SNAPSHOT_TABLES = safety_net.TABLES  # the three tables that carry a snapshot
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
 
 _MARKER = re.compile(r"^\s*--\s*pgsnap:\s*(enforce|lock)\s+([\w.]+(?:[\s,]+[\w.]+)*)\s*$", re.IGNORECASE)
@@ -227,12 +228,6 @@ def snapshot_health(conn: psycopg.Connection) -> dict[str, int]:
     return {name: int(count) for name, count in rows}
 
 
-def run_backfill(conn: psycopg.Connection, batch_size: int = 500,
-                 on_progress: Progress | None = None) -> dict[str, int]:
-    """The journey's backfill: a recorded run of the safety net (`pgsnap.backfill`), to the end."""
-    return backfill.run(conn, batch_size, on_progress=on_progress).filled
-
-
 def require_no_null_snapshots(conn: psycopg.Connection) -> None:
     counts = snapshot_health(conn)
     remaining = sum(counts.values())
@@ -352,7 +347,8 @@ def migrate(
                                       "then `pgsnap migrate`")
                     break
                 say("backfilling NULL snapshots")
-                result.backfilled = run_backfill(conn, backfill_batch_size, on_progress)
+                # a recorded run of the safety net, to the end
+                result.backfilled = safety_net.run(conn, backfill_batch_size, on_progress=on_progress).filled
                 require_no_null_snapshots(conn)
                 prepared = True
             say(f"applying {m.id}")

@@ -49,12 +49,7 @@ Clock = Callable[[], datetime]
 
 LEADER_LOCK = "SELECT pg_try_advisory_lock(pgsnap.lock_key('scheduler'))"
 LEADER_UNLOCK = "SELECT pg_advisory_unlock(pgsnap.lock_key('scheduler'))"
-# pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low).
-LEADER_PID = """
-    SELECT pid FROM pg_locks
-     WHERE locktype = 'advisory' AND granted AND objsubid = 1
-       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-       AND (classid::bigint << 32 | objid::bigint) = pgsnap.lock_key('scheduler')"""
+LEADER_PID = "SELECT pid FROM pgsnap._lock_holder(pgsnap.lock_key('scheduler')) AS pid WHERE pid IS NOT NULL"
 ACTIVE_JOBS = """
     SELECT jobid, jobname, schedule, command, current_database(), current_user
       FROM pgsnap.jobs WHERE active ORDER BY jobid"""

@@ -73,12 +73,7 @@ DECLARE
 BEGIN
     -- a run of this session that was cancelled mid-way may still hold the
     -- session-level lock: drop it, or every other session would skip forever
-    WHILE EXISTS (SELECT 1 FROM pg_locks l
-                   WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
-                     AND l.objsubid = 1 AND l.granted
-                     AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('backfill')) LOOP
-        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
-    END LOOP;
+    PERFORM pgsnap._release_own_lock(pgsnap.lock_key('backfill'));
     IF NOT pg_try_advisory_lock(pgsnap.lock_key('backfill')) THEN
         INSERT INTO pgsnap.backfill_runs (status, finished_at)
         VALUES ('skipped', clock_timestamp());
@@ -126,6 +121,23 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END;
+$$;
+
+--
+-- Name: _lock_holder(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._lock_holder(p_key bigint) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT l.pid FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
+       AND ((l.classid::bigint << 32) | l.objid::bigint) = p_key
+     ORDER BY l.pid
+     LIMIT 1
 $$;
 
 --
@@ -192,12 +204,7 @@ BEGIN
         RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
             USING ERRCODE = 'no_data_found';
     END IF;
-    WHILE EXISTS (SELECT 1 FROM pg_locks l
-                   WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
-                     AND l.objsubid = 1 AND l.granted
-                     AND ((l.classid::bigint << 32) | l.objid::bigint) = v_key) LOOP
-        PERFORM pg_advisory_unlock(v_key);
-    END LOOP;
+    PERFORM pgsnap._release_own_lock(v_key);
     IF NOT pg_try_advisory_lock(v_key) THEN
         RAISE NOTICE 'pgsnap: target % is being populated by another session; waiting for it', p_target_id;
         PERFORM pg_advisory_lock(v_key);
@@ -354,6 +361,34 @@ $$;
 --
 
 COMMENT ON FUNCTION pgsnap._reconcile(p_target_ids bigint[], p_me_file_ids bigint[], p_exclusive boolean, OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint) IS 'Internal: bring the population rows of targets x me_files to the rule; returns rows inserted, moved, refreshed, deleted.';
+
+--
+-- Name: _release_own_lock(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._release_own_lock(p_key bigint) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    WHILE pgsnap._lock_holder(p_key) = pg_backend_pid() LOOP
+        PERFORM pg_advisory_unlock(p_key);
+    END LOOP;
+END;
+$$;
+
+--
+-- Name: _snapshot_shape_ok(jsonb); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._snapshot_shape_ok(p_snapshot jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT p_snapshot IS NULL
+        OR (jsonb_typeof(p_snapshot) = 'object'
+            AND jsonb_typeof(p_snapshot -> 'tags') IS NOT DISTINCT FROM 'array')
+$$;
 
 --
 -- Name: _sync(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -825,9 +860,7 @@ BEGIN
     FOREACH v_table IN ARRAY ARRAY['target_populations', 'offers', 'ad_events'] LOOP
         EXECUTE format(
             'SELECT count(*), count(*) FILTER (WHERE x.matching_tags_snapshot IS NULL),'
-            '       count(*) FILTER (WHERE x.matching_tags_snapshot IS NOT NULL'
-            '                        AND NOT (jsonb_typeof(x.matching_tags_snapshot) = ''object'''
-            '                        AND jsonb_typeof(x.matching_tags_snapshot -> ''tags'') IS NOT DISTINCT FROM ''array''))'
+            '       count(*) FILTER (WHERE NOT pgsnap._snapshot_shape_ok(x.matching_tags_snapshot))'
             '  FROM public.%I x', v_table)
           INTO v_total, v_nulls, v_bad;
         check_name := 'null_snapshots:' || v_table;
@@ -841,9 +874,7 @@ BEGIN
         ELSE
             EXECUTE format(
                 'SELECT string_agg(y.id::text, '', '' ORDER BY y.id) FROM (SELECT x.id FROM public.%I x'
-                ' WHERE x.matching_tags_snapshot IS NOT NULL'
-                '   AND NOT (jsonb_typeof(x.matching_tags_snapshot) = ''object'''
-                '            AND jsonb_typeof(x.matching_tags_snapshot -> ''tags'') IS NOT DISTINCT FROM ''array'')'
+                ' WHERE NOT pgsnap._snapshot_shape_ok(x.matching_tags_snapshot)'
                 ' ORDER BY x.id LIMIT 5) y', v_table)
               INTO v_ids;
             detail := format('not {"tags": [...]}: id %s%s', v_ids, CASE WHEN v_bad > 5 THEN ', ...' ELSE '' END);
@@ -1252,12 +1283,7 @@ CREATE FUNCTION pgsnap.populating_targets() RETURNS TABLE(target_id bigint, sinc
     SELECT t.id,
            t.populating_since,
            t.last_populated_at,
-           (SELECT l.pid FROM pg_catalog.pg_locks l
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-               AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                  WHERE d.datname = pg_catalog.current_database())
-               AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('populate:' || t.id)
-             LIMIT 1)
+           pgsnap._lock_holder(pgsnap.lock_key('populate:' || t.id))
       FROM public.targets t
      WHERE t.population_status = 'populating'
      ORDER BY t.id

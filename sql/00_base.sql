@@ -9,6 +9,38 @@ AS $$ SELECT pg_catalog.hashtextextended('pgsnap:' || p_name, 0) $$;
 COMMENT ON FUNCTION pgsnap.lock_key(text) IS
     'Advisory lock key of a named pgsnap lock (backfill, populate:<id>, target:<id>).';
 
+-- The backend holding the session-level advisory lock `p_key` in this
+-- database, or NULL. pg_locks shows a bigint key as classid (high 32 bits)
+-- and objid (low 32 bits).
+CREATE OR REPLACE FUNCTION pgsnap._lock_holder(p_key bigint)
+RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.pid FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
+       AND ((l.classid::bigint << 32) | l.objid::bigint) = p_key
+     ORDER BY l.pid
+     LIMIT 1
+$$;
+
+-- Drop every hold this session has on the session-level lock `p_key`: a run
+-- of this session that failed or was cancelled mid-way may still hold it, and
+-- pooled sessions live on.
+CREATE OR REPLACE FUNCTION pgsnap._release_own_lock(p_key bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    WHILE pgsnap._lock_holder(p_key) = pg_backend_pid() LOOP
+        PERFORM pg_advisory_unlock(p_key);
+    END LOOP;
+END;
+$$;
+
 -- Inserts that leave target_id out (the legacy column list) get it from the band;
 -- the composite foreign key keeps an explicit value honest.
 CREATE OR REPLACE FUNCTION pgsnap._population_target_id()

@@ -33,12 +33,7 @@ BEGIN
         RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
             USING ERRCODE = 'no_data_found';
     END IF;
-    WHILE EXISTS (SELECT 1 FROM pg_locks l
-                   WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
-                     AND l.objsubid = 1 AND l.granted
-                     AND ((l.classid::bigint << 32) | l.objid::bigint) = v_key) LOOP
-        PERFORM pg_advisory_unlock(v_key);
-    END LOOP;
+    PERFORM pgsnap._release_own_lock(v_key);
     IF NOT pg_try_advisory_lock(v_key) THEN
         RAISE NOTICE 'pgsnap: target % is being populated by another session; waiting for it', p_target_id;
         PERFORM pg_advisory_lock(v_key);

@@ -198,12 +198,7 @@ DECLARE
 BEGIN
     -- a run of this session that was cancelled mid-way may still hold the
     -- session-level lock: drop it, or every other session would skip forever
-    WHILE EXISTS (SELECT 1 FROM pg_locks l
-                   WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
-                     AND l.objsubid = 1 AND l.granted
-                     AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('backfill')) LOOP
-        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
-    END LOOP;
+    PERFORM pgsnap._release_own_lock(pgsnap.lock_key('backfill'));
     IF NOT pg_try_advisory_lock(pgsnap.lock_key('backfill')) THEN
         INSERT INTO pgsnap.backfill_runs (status, finished_at)
         VALUES ('skipped', clock_timestamp());

@@ -37,12 +37,7 @@ AS $$
     SELECT t.id,
            t.populating_since,
            t.last_populated_at,
-           (SELECT l.pid FROM pg_catalog.pg_locks l
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-               AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                  WHERE d.datname = pg_catalog.current_database())
-               AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('populate:' || t.id)
-             LIMIT 1)
+           pgsnap._lock_holder(pgsnap.lock_key('populate:' || t.id))
       FROM public.targets t
      WHERE t.population_status = 'populating'
      ORDER BY t.id
@@ -119,6 +114,18 @@ COMMENT ON FUNCTION pgsnap.verify_target(bigint) IS
     'Recompute a target from scratch (memberships + snapshots) and list every difference: missing, extra, '
     'wrong_band, stale_snapshot, null_snapshot, duplicate. A not_populated target must have no rows.';
 
+-- The shape CHECK of migration 0004 as a predicate: NULL (counted apart) or
+-- an object whose "tags" is an array. Finds rows written with the check off.
+CREATE OR REPLACE FUNCTION pgsnap._snapshot_shape_ok(p_snapshot jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_snapshot IS NULL
+        OR (jsonb_typeof(p_snapshot) = 'object'
+            AND jsonb_typeof(p_snapshot -> 'tags') IS NOT DISTINCT FROM 'array')
+$$;
+
 -- The invariants `pgsnap check` reports: one row per check, always present
 -- (violations 0 when fine). Each snapshot table is scanned once.
 CREATE OR REPLACE FUNCTION pgsnap.check_invariants()
@@ -140,9 +147,7 @@ BEGIN
     FOREACH v_table IN ARRAY ARRAY['target_populations', 'offers', 'ad_events'] LOOP
         EXECUTE format(
             'SELECT count(*), count(*) FILTER (WHERE x.matching_tags_snapshot IS NULL),'
-            '       count(*) FILTER (WHERE x.matching_tags_snapshot IS NOT NULL'
-            '                        AND NOT (jsonb_typeof(x.matching_tags_snapshot) = ''object'''
-            '                        AND jsonb_typeof(x.matching_tags_snapshot -> ''tags'') IS NOT DISTINCT FROM ''array''))'
+            '       count(*) FILTER (WHERE NOT pgsnap._snapshot_shape_ok(x.matching_tags_snapshot))'
             '  FROM public.%I x', v_table)
           INTO v_total, v_nulls, v_bad;
         check_name := 'null_snapshots:' || v_table;
@@ -156,9 +161,7 @@ BEGIN
         ELSE
             EXECUTE format(
                 'SELECT string_agg(y.id::text, '', '' ORDER BY y.id) FROM (SELECT x.id FROM public.%I x'
-                ' WHERE x.matching_tags_snapshot IS NOT NULL'
-                '   AND NOT (jsonb_typeof(x.matching_tags_snapshot) = ''object'''
-                '            AND jsonb_typeof(x.matching_tags_snapshot -> ''tags'') IS NOT DISTINCT FROM ''array'')'
+                ' WHERE NOT pgsnap._snapshot_shape_ok(x.matching_tags_snapshot)'
                 ' ORDER BY x.id LIMIT 5) y', v_table)
               INTO v_ids;
             detail := format('not {"tags": [...]}: id %s%s', v_ids, CASE WHEN v_bad > 5 THEN ', ...' ELSE '' END);
