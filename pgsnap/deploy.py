@@ -22,17 +22,18 @@ from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 import psycopg
+from psycopg import sql
 from yoyo import exceptions as yoyo_exceptions
 from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
 from yoyo.migrations import Migration, MigrationList
 
 from pgsnap import backfill as safety_net
-from pgsnap import home
+from pgsnap import resources
 from pgsnap.db import connect, parse_dsn
-from pgsnap.errors import PgsnapError
+from pgsnap.errors import Exit, PgsnapError, describe_db_error
+from pgsnap.health import snapshot_health
 
-SNAPSHOT_TABLES = safety_net.TABLES  # the three tables that carry a snapshot
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
 
 _MARKER = re.compile(r"^\s*--\s*pgsnap:\s*(enforce|lock)\s+([\w.]+(?:[\s,]+[\w.]+)*)\s*$", re.IGNORECASE)
@@ -44,18 +45,11 @@ Progress = Callable[[int, int], None]  # (snapshots filled so far, NULL snapshot
 Log = Callable[[str], None]
 
 
-# -- locations ---------------------------------------------------------------------------------
-def migrations_dir() -> Path:
-    return home() / "migrations"
-
-
-def sql_dir() -> Path:
-    return home() / "sql"
-
-
+# -- migrations ----------------------------------------------------------------------------------
 def read_migrations(directory: Path | None = None) -> MigrationList:
-    """All migrations in file-name order (`*.rollback.sql` are their undo halves, not migrations)."""
-    return yoyo_read_migrations(str(directory or migrations_dir()))
+    """All migrations in file-name order (`*.rollback.sql` are their undo halves, not migrations);
+    PgsnapError (exit 2) when this pgsnap ships none."""
+    return yoyo_read_migrations(str(directory or resources.migration_files()))
 
 
 @dataclass(frozen=True)
@@ -130,7 +124,7 @@ def _migration_lock(backend, wait: float) -> Iterator[None]:
         raise PgsnapError(
             f"the migration lock is held by {holder} (another `pgsnap migrate`?) after waiting {wait:g}s; "
             "if none is running any more, remove the stale lock: DELETE FROM yoyo_lock",
-            exit_code=3,
+            exit_code=Exit.LOCK,
         ) from None
 
 
@@ -144,27 +138,21 @@ def _is_lock_timeout(exc: BaseException | None) -> bool:
     return False
 
 
-def _db_error(exc: psycopg.Error) -> str:
-    primary = exc.diag.message_primary if exc.diag else None
-    return f"{exc.sqlstate}: {primary}" if exc.sqlstate and primary else str(exc).strip().splitlines()[0]
-
-
 # -- what is applied ---------------------------------------------------------------------------
 def applied_migrations(conn: psycopg.Connection) -> dict[str, datetime]:
     """Applied migration ids (UTC, naive, as yoyo stores them) in the order they were applied."""
     if conn.execute("SELECT to_regclass(%s)", [MIGRATION_TABLE]).fetchone()[0] is None:
         return {}
-    rows = conn.execute(
-        f"SELECT migration_id, applied_at_utc FROM {MIGRATION_TABLE} ORDER BY applied_at_utc, migration_id"
-    ).fetchall()
+    rows = conn.execute(sql.SQL("SELECT migration_id, applied_at_utc FROM {}"
+                                " ORDER BY applied_at_utc, migration_id")
+                        .format(sql.Identifier(MIGRATION_TABLE))).fetchall()
     return dict(rows)
 
 
-def status(dsn: str) -> list[tuple[str, datetime | None]]:
+def status(conn: psycopg.Connection) -> list[tuple[str, datetime | None]]:
     """(id, applied_at or None) for every migration this pgsnap knows, in order; then any applied
     ids it does not know (a newer pgsnap's), in the order they were applied."""
-    with connect(dsn) as conn:
-        applied = applied_migrations(conn)
+    applied = applied_migrations(conn)
     known = [m.id for m in read_migrations()]
     return [(mid, applied.get(mid)) for mid in known] + [
         (mid, at) for mid, at in applied.items() if mid not in known
@@ -186,9 +174,9 @@ def check_current(conn_or_dsn: psycopg.Connection | str, allow_behind: bool = Fa
     if unknown:
         raise PgsnapError(
             f"database is ahead of this pgsnap: it has migration {unknown[0]} unknown to this version; "
-            "upgrade pgsnap", exit_code=2)
+            "upgrade pgsnap", exit_code=Exit.CANNOT_RUN)
     if not allow_behind and any(mid not in applied for mid in known):
-        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", exit_code=2)
+        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", exit_code=Exit.CANNOT_RUN)
 
 
 # -- sql/ ----------------------------------------------------------------------------------------
@@ -206,7 +194,7 @@ def deploy_sql(conn: psycopg.Connection, directory: Path | None = None,
     """
     if not has_pgsnap_schema(conn):
         return []
-    files = sorted((directory or sql_dir()).glob("*.sql"))
+    files = sorted(directory.glob("*.sql")) if directory else resources.sql_files()
     with conn.transaction():
         conn.execute("SET LOCAL check_function_bodies = off")
         if lock_timeout:
@@ -217,22 +205,17 @@ def deploy_sql(conn: psycopg.Connection, directory: Path | None = None,
             except psycopg.Error as exc:
                 if _is_lock_timeout(exc):
                     raise
-                raise PgsnapError(
-                    f"deploying sql/{path.name} failed: {_db_error(exc)}; nothing was deployed") from None
+                raise PgsnapError(f"deploying sql/{path.name} failed: {describe_db_error(exc)}; "
+                                  "nothing was deployed") from None
     return files
 
 
 # -- backfill and the NULL check -------------------------------------------------------------------
-def snapshot_health(conn: psycopg.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT table_name, null_snapshots FROM pgsnap.snapshot_health()").fetchall()
-    return {name: int(count) for name, count in rows}
-
-
 def require_no_null_snapshots(conn: psycopg.Connection) -> None:
-    counts = snapshot_health(conn)
+    counts = {table: nulls for table, (nulls, _rows) in snapshot_health(conn).items()}
     remaining = sum(counts.values())
     if remaining:
-        detail = ", ".join(f"{name} {counts.get(name, 0)}" for name in SNAPSHOT_TABLES)
+        detail = ", ".join(f"{name} {n}" for name, n in counts.items())
         raise PgsnapError(
             f"cannot enforce NOT NULL: {remaining} NULL snapshots remain ({detail}); "
             "run `pgsnap backfill`, then `pgsnap migrate`")
@@ -260,7 +243,7 @@ class LockPolicy:
         raise PgsnapError(
             f"could not {what} after {attempts} attempts (lock_timeout {self.timeout}); "
             f"{_describe_blockers(conn, tables)}; nothing was changed by this step; "
-            "re-run `pgsnap migrate` when it is gone", exit_code=3)
+            "re-run `pgsnap migrate` when it is gone", exit_code=Exit.LOCK)
 
 
 def _describe_blockers(conn: psycopg.Connection, tables: tuple[str, ...]) -> str:
@@ -301,14 +284,14 @@ class MigrateResult:
 
 def _validate_interval(value: str) -> str:
     if not _INTERVAL.match(value.strip()):
-        raise PgsnapError(f"invalid lock timeout {value!r}: use e.g. 2s, 500ms, 1min", exit_code=2)
+        raise PgsnapError(f"invalid lock timeout {value!r}: use e.g. 2s, 500ms, 1min", Exit.CANNOT_RUN)
     return value.strip()
 
 
 def _known_id(ids: list[str], mid: str) -> str:
     if mid not in ids:
         raise PgsnapError(f"unknown migration {mid}: known migrations are {', '.join(ids) or 'none'}",
-                          exit_code=2)
+                          exit_code=Exit.CANNOT_RUN)
     return mid
 
 
@@ -377,7 +360,7 @@ def _apply(backend_or_url, migration: Migration) -> None:
     except psycopg.Error as exc:
         if _is_lock_timeout(exc):
             raise
-        raise PgsnapError(f"migration {migration.id} failed: {_db_error(exc)}") from None
+        raise PgsnapError(f"migration {migration.id} failed: {describe_db_error(exc)}") from None
 
 
 def rollback(dsn: str, to: str | None = None, all_: bool = False, *, log: Log | None = None,
@@ -407,6 +390,6 @@ def rollback(dsn: str, to: str | None = None, all_: bool = False, *, log: Log | 
             try:
                 backend.rollback_one(m)
             except psycopg.Error as exc:
-                raise PgsnapError(f"rolling back {m.id} failed: {_db_error(exc)}") from None
+                raise PgsnapError(f"rolling back {m.id} failed: {describe_db_error(exc)}") from None
             done.append(m.id)
     return done

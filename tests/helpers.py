@@ -73,6 +73,16 @@ def execute(conn, query: str, params: Sequence[Any] | dict | None = None) -> Non
         cur.execute(query, params)
 
 
+def db_state(conn, schemas=("public", "pgsnap")) -> dict[str, list[str]]:
+    """Every row of every table of `schemas` (yoyo's tables included), as sorted JSON texts."""
+    tables = rows(conn, "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
+                          " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                          " WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY (%s) ORDER BY 1",
+                    (list(schemas),))
+    return {t: sorted(r[0] for r in rows(conn, f"SELECT pg_catalog.to_jsonb(x)::text FROM {t} x"))
+            for (t,) in tables}
+
+
 # --------------------------------------------------------------------------
 # catalogue
 

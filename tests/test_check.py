@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from helpers import (
+
+from pgsnap import deploy
+from tests.helpers import (
     B1,
     B2,
     B3,
@@ -39,8 +41,6 @@ from helpers import (
     untag,
     value,
 )
-
-from pgsnap import deploy
 
 SHAPE_OK = 'every snapshot is {"tags": [...]}'
 TABLES = ("target_populations", "offers", "ad_events")
@@ -297,10 +297,12 @@ def test_check_cannot_connect_exits_2(cli):
 
 def test_check_when_the_check_itself_fails_exits_2(cli, conn):
     execute(conn, "DROP FUNCTION pgsnap.check_invariants()")
+    message = "cannot check: 42883: function pgsnap.check_invariants() does not exist"
     result = cli("check", "--json")
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert result.stderr == "error: cannot check: 42883: function pgsnap.check_invariants() does not exist\n"
+    assert (result.exit_code, json.loads(result.stdout), result.stderr) == (
+        2, {"error": message, "exit_code": 2}, f"error: {message}\n")
+    result = cli("check")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {message}\n")
 
 
 def test_behind_database_cannot_be_checked_but_has_a_status(cli, empty_db_dsn):
@@ -421,7 +423,8 @@ def test_verify_a_not_populated_target_expects_no_rows(cli, conn, healthy):
 
 def test_verify_unknown_target(cli, conn):
     result = cli("verify", "99")
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "error: target 99 does not exist\n")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", "error: P0002: target 99 does not exist\n")
     with pytest.raises(psycopg.errors.NoDataFound) as raised:
         conn.execute("SELECT * FROM pgsnap.verify_target(99)")
     assert raised.value.diag.message_primary == "target 99 does not exist"

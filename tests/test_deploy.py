@@ -10,7 +10,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from yoyo.connections import parse_uri
 
-from pgsnap import deploy
+from pgsnap import deploy, resources
 from pgsnap.errors import PgsnapError
 
 FIXTURE_HOME = Path(__file__).resolve().parent / "fixtures" / "home"
@@ -50,8 +50,8 @@ def snap_nullable(dsn) -> str:
 
 
 def test_locations_follow_pgsnap_home(home):
-    assert deploy.migrations_dir() == FIXTURE_HOME / "migrations"
-    assert deploy.sql_dir() == FIXTURE_HOME / "sql"
+    assert resources.migrations_dir() == FIXTURE_HOME / "migrations"
+    assert resources.sql_dir() == FIXTURE_HOME / "sql"
     assert [m.id for m in deploy.read_migrations()] == IDS
 
 

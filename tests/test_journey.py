@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from pgsnap import deploy
+from pgsnap import resources
 from tests import helpers as h
 from tests.legacy_data import (
     EVENT_COPY,
@@ -36,7 +36,7 @@ ENFORCE_EVENTS = "0007.enforce-ad-events-snapshot"
 
 def sql_files() -> int:
     """sql/ is deployed whole on every migrate: how many files (read when the test runs)."""
-    return len(list(deploy.sql_dir().glob("*.sql")))
+    return len(list(resources.sql_dir().glob("*.sql")))
 
 STOPPED = f"stopped before {ENFORCE_TP} (--no-backfill): run `pgsnap backfill`, then `pgsnap migrate`\n"
 ENFORCED_CONSTRAINTS = {f"{t}_snapshot_shape": True for t in SNAPSHOT_TABLES}

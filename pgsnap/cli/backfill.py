@@ -3,29 +3,26 @@
 import click
 
 from pgsnap import backfill as bf
-from pgsnap.cli import pass_app
-from pgsnap.errors import PgsnapError
+from pgsnap.cli.app import pass_app
+from pgsnap.errors import Exit, PgsnapError
 from pgsnap.progress import progress
 
 
 @click.command()
 @click.option("--band", "band_id", type=int, help="Only NULL populations of this band (legacy mode).")
-@click.option("--batch-size", default=500, show_default=True, type=int)
-@click.option("--max-batches", type=int, help="Stop after this many batches (resumable).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch.")
+@click.option("--max-batches", type=click.IntRange(min=1), help="Stop after this many batches (resumable).")
 @click.option("--dry-run", is_flag=True, help="Say what would be filled and from where; write nothing.")
 @pass_app
 def backfill(app, band_id, batch_size, max_batches, dry_run):
     """Fill NULL matching_tags_snapshot values, parents before children."""
-    if batch_size < 1:
-        raise PgsnapError(f"batch size must be a positive integer, got {batch_size}", exit_code=2)
-    if max_batches is not None and max_batches < 1:
-        raise PgsnapError(f"max batches must be a positive integer, got {max_batches}", exit_code=2)
+    batch_size = batch_size or 500
     conn = app.connect(allow_behind=True)  # must work mid-journey, before enforcement
     if conn.execute("SELECT to_regprocedure('pgsnap.backfill_batch(integer)') IS NULL").fetchone()[0]:
-        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", exit_code=2)
+        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", Exit.CANNOT_RUN)
     if band_id is not None:
         if not conn.execute("SELECT 1 FROM public.target_bands WHERE id = %s", [band_id]).fetchone():
-            raise PgsnapError(f"target band {band_id} does not exist", exit_code=1)
+            raise PgsnapError(f"target band {band_id} does not exist", Exit.CANNOT_RUN)
         if dry_run:
             n = conn.execute("SELECT count(*) FROM public.target_populations"
                              " WHERE target_band_id = %s AND matching_tags_snapshot IS NULL",

@@ -4,8 +4,8 @@ import json
 
 import click
 
-from pgsnap.cli import pass_app
-from pgsnap.errors import PgsnapError
+from pgsnap.cli.app import App, pass_app
+from pgsnap.errors import Exit, PgsnapError
 from pgsnap.populate import populate as populate_target
 from pgsnap.progress import progress
 
@@ -13,21 +13,19 @@ from pgsnap.progress import progress
 @click.command()
 @click.argument("target_ids", nargs=-1, type=int)
 @click.option("--all", "all_targets", is_flag=True, help="Every target, in id order.")
-@click.option("--batch-size", default=500, show_default=True, type=int, help="me_files per batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="me_files per batch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per target on stdout.")
 @pass_app
-def populate(app, target_ids, all_targets, batch_size, as_json):
+def populate(app: App, target_ids, all_targets, batch_size, as_json):
     """Bring targets' populations (bands and snapshots) to the membership rule."""
     if bool(target_ids) == all_targets:
-        raise PgsnapError("give TARGET_ID... or --all (not both)", exit_code=2)
-    if batch_size < 1:
-        raise PgsnapError(f"batch size must be a positive integer, got {batch_size}", exit_code=2)
+        raise PgsnapError("give TARGET_ID... or --all (not both)", Exit.CANNOT_RUN)
     conn = app.connect()
     if all_targets:
         target_ids = [r[0] for r in conn.execute("SELECT id FROM public.targets ORDER BY id")]
     for target_id in target_ids:
         with progress(label=f"target {target_id}") as bar:
-            result = populate_target(conn, target_id, batch_size,
+            result = populate_target(conn, target_id, batch_size or 500,
                                      on_batch=lambda done, total: bar.update(done, total))
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
 
@@ -35,7 +33,7 @@ def populate(app, target_ids, all_targets, batch_size, as_json):
 @click.command()
 @click.argument("me_file_ids", nargs=-1, type=int, required=True)
 @pass_app
-def sync(app, me_file_ids):
+def sync(app: App, me_file_ids):
     """Recompute me_files' bands and snapshots in every maintained target."""
     conn = app.connect()
     for me_file_id in me_file_ids:
@@ -46,11 +44,8 @@ def sync(app, me_file_ids):
 @click.command()
 @click.argument("campaign_id", type=int)
 @pass_app
-def launch(app, campaign_id):
+def launch(app: App, campaign_id):
     """Create the campaign's offers from its populated target (idempotent)."""
     conn = app.connect()
     created = conn.execute("SELECT pgsnap.launch_campaign(%s)", [campaign_id]).fetchone()[0]
     click.echo(f"campaign {campaign_id}: {created} offers created")
-
-
-commands = [populate, sync, launch]

@@ -40,8 +40,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from pgsnap import cron, db
+from pgsnap import db
 from pgsnap.errors import PgsnapError
+from pgsnap.schedule import cron
 
 log = logging.getLogger("pgsnap.scheduler")
 
