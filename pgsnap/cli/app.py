@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import click
 import psycopg
 
-from pgsnap import db, deploy
+from pgsnap import db, deploy, resources
 from pgsnap.config import resolve_dsn
 
 
@@ -21,7 +21,11 @@ class App:
 
     @property
     def dsn(self) -> str:
-        """The DSN of this command, with `fallback_application_name=pgsnap <command>`."""
+        """The DSN of this command, with `fallback_application_name=pgsnap <command>`.
+
+        Every command needs it, so this is also where a pgsnap installed without its
+        migrations fails (exit 2), before it touches any database."""
+        resources.migration_files()
         ctx = click.get_current_context(silent=True)
         name = ctx.command_path if ctx is not None else "pgsnap"
         return resolve_dsn(self.dsn_option, host=self.host, port=self.port, user=self.user,
