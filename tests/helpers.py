@@ -23,7 +23,8 @@ tuple-row cursors.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,16 @@ def db_state(conn, schemas=("public", "pgsnap")) -> dict[str, list[str]]:
                     (list(schemas),))
     return {t: sorted(r[0] for r in rows(conn, f"SELECT pg_catalog.to_jsonb(x)::text FROM {t} x"))
             for (t,) in tables}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Poll `predicate` (an observable state: a row, a lock, a log line) until it holds. The
+    timeout only turns a hang into a failure; nothing relies on how long it takes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------

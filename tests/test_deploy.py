@@ -12,6 +12,7 @@ from yoyo.connections import parse_uri
 
 from pgsnap import deploy, resources
 from pgsnap.errors import PgsnapError
+from tests.helpers import wait_until
 
 FIXTURE_HOME = Path(__file__).resolve().parent / "fixtures" / "home"
 IDS = ["0001.things", "0002.pgsnap-schema", "0003.enforce-things", "0004.things-note"]
@@ -150,17 +151,25 @@ def test_enforcement_under_lock_gives_up_naming_the_blocker(staged):
 
 
 def test_enforcement_retries_until_the_blocker_is_gone(staged):
+    """The blocker rolls back only once migrate has said it retries; migrate then finishes."""
     blocker = psycopg.connect(staged, autocommit=False)
     blocker.execute("SELECT count(*) FROM things")
-    release = threading.Timer(0.5, blocker.rollback)
-    release.start()
+    said: list[str] = []
+    outcome: list = []
+    migrator = threading.Thread(target=lambda: outcome.append(deploy.migrate(
+        staged, lock_timeout="100ms", lock_retries=50, backoff_base=0.05, backoff_cap=0.2, log=said.append)))
+    migrator.start()
     try:
-        result = deploy.migrate(staged, lock_timeout="100ms", lock_retries=20,
-                                backoff_base=0.05, backoff_cap=0.2)
+        wait_until(lambda: "could not lock table things within lock_timeout 100ms; retry 1 of 50 in 0.05s"
+                   in said, what="a retry")
     finally:
-        release.join()
+        blocker.rollback()
         blocker.close()
+        migrator.join(120)
+    (result,) = outcome
     assert result.applied == IDS[2:]
+    assert said[:2] == ["backfilling NULL snapshots", "applying 0003.enforce-things"]
+    assert said[-1] == "applying 0004.things-note"
     assert snap_nullable(staged) == "NO"
 
 
@@ -314,8 +323,3 @@ def test_yoyo_url_carries_every_libpq_keyword(dsn):
     url = deploy.yoyo_url(dsn)
     assert url.startswith("postgresql+psycopg://")
     assert yoyo_connect_kwargs(url) == conninfo_to_dict(dsn)
-
-
-def test_yoyo_url_merges_extra_options():
-    url = deploy.yoyo_url("dbname=a options='-c search_path=x'", "-c lock_timeout=2s")
-    assert yoyo_connect_kwargs(url)["options"] == "-c search_path=x -c lock_timeout=2s"

@@ -33,6 +33,9 @@ def migrate(app: App, to, no_backfill, lock_timeout, lock_retries, batch_size) -
         click.echo("nothing to apply: the database is up to date" + (f" (up to {to})" if to else ""))
     if result.sql_files:
         click.echo(f"deployed {result.sql_files} sql/ files")
+    if result.sql_skipped:
+        click.echo(f"sql/ not deployed at this point ({result.sql_skipped}); "
+                   "`pgsnap migrate` without --to deploys it")
 
 
 @click.command()
