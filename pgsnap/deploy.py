@@ -43,7 +43,7 @@ from psycopg import sql
 from yoyo import exceptions as yoyo_exceptions
 from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
-from yoyo.migrations import Migration, MigrationList
+from yoyo.migrations import Migration, MigrationList, topological_sort
 
 from pgsnap import backfill as safety_net
 from pgsnap import resources
@@ -109,6 +109,33 @@ def known_id(migrations: MigrationList, mid: str) -> str:
     return mid
 
 
+CREATE_TABLE = re.compile(r'CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE (?:IF NOT EXISTS )?'
+                           r'((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)', re.IGNORECASE)
+
+
+def baseline_tables(migration: Migration) -> list[str]:
+    """The tables a migration creates (for the baseline: the application's tables)."""
+    with open(migration.path, encoding="utf-8") as f:
+        return [name.replace('"', "").removeprefix("public.") for name in CREATE_TABLE.findall(f.read())]
+
+
+def refuse_unadopted(conn: psycopg.Connection, applied: dict[str, datetime] | set[str]) -> None:
+    """A database that holds the application's tables without pgsnap's record of the baseline
+    must be adopted first (`pgsnap adopt`), not migrated over."""
+    baseline = read_migrations()[0]
+    if baseline.id in applied:
+        return
+    existing = [t for (t,) in conn.execute(
+        "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n)"
+        " WHERE to_regclass('public.' || quote_ident(t)) IS NOT NULL ORDER BY n",
+        [baseline_tables(baseline)])]
+    if existing:
+        raise PgsnapError(f"the database already holds the application's tables ({', '.join(existing[:3])}"
+                          f"{', ...' if len(existing) > 3 else ''}) but pgsnap has no record of "
+                          f"{baseline.id}: run `pgsnap adopt` to compare them with it and record it",
+                          Exit.CANNOT_RUN)
+
+
 def execution_order(pending: list[Migration], applied: set[str]) -> list[Migration]:
     """`pending` in dependency order, each enforcement migration as late as dependencies allow."""
     done, order, rest = set(applied), [], list(pending)
@@ -162,7 +189,7 @@ def yoyo_url(dsn: str) -> str:
 
 
 @contextmanager
-def _backend(dsn: str):
+def migration_backend(dsn: str):
     try:
         backend = get_backend(yoyo_url(dsn))
     except psycopg.OperationalError:
@@ -175,7 +202,7 @@ def _backend(dsn: str):
 
 
 @contextmanager
-def _migration_lock(backend, wait: float) -> Iterator[None]:
+def migration_lock(backend, wait: float) -> Iterator[None]:
     """yoyo's lock row: a concurrent migrator waits here, then finds nothing left to do."""
     try:
         with backend.lock(timeout=wait):
@@ -461,8 +488,10 @@ def migrate(
     result = MigrateResult()
     with connect(dsn) as conn:
         _check_lock_timeout_on_server(conn, policy.timeout)
-        with _backend(dsn) as backend, _migration_lock(backend, lock_wait):
-            check_current(conn, allow_behind=True)  # an older pgsnap must not touch a newer schema
+        check_current(conn, allow_behind=True)  # an older pgsnap must not touch a newer schema
+        refuse_unadopted(conn, applied_migrations(conn))  # before yoyo creates its tables
+        with migration_backend(dsn) as backend, migration_lock(backend, lock_wait):
+            check_current(conn, allow_behind=True)  # again: another migrate may have run meanwhile
             applied = set(applied_migrations(conn))
             pending = list(backend.to_apply(migrations))
             full = steps_of(execution_order(pending, applied))
@@ -504,28 +533,72 @@ def migrate(
 
 
 # -- rollback ----------------------------------------------------------------------------------------
-def rollback(dsn: str, to: str | None = None, all_: bool = False, *, log: Log | None = None,
-             lock_wait: float = 600) -> list[str]:
-    """Roll back the latest applied migration, everything applied after `to`, or everything;
-    each migration and its unrecording in one transaction."""
-    say = log or (lambda _msg: None)
-    migrations = read_migrations()
+@dataclass
+class RollbackPlan:
+    migrations: list[str]  # latest first
+    baseline: str
+    dropped: dict[str, int] = field(default_factory=dict)  # rolling back the baseline: table -> rows
+
+    @property
+    def includes_baseline(self) -> bool:
+        return self.baseline in self.migrations
+
+
+def applied_latest_first(migrations: MigrationList, applied: dict[str, datetime]) -> list[Migration]:
+    """The applied migrations in the order a rollback undoes them (yoyo's: dependents first)."""
+    return list(reversed(list(topological_sort(m for m in migrations if m.id in applied))))
+
+
+def _rollback_targets(migrations: MigrationList, applied: list[Migration], to: str | None,
+                      all_: bool) -> list[Migration]:
     ids = [m.id for m in migrations]
+    if all_:
+        targets = applied
+    elif to is not None:
+        targets = [m for m in applied if ids.index(m.id) > ids.index(to)]
+    else:
+        targets = applied[:1]
+    unsafe = [m.id for m in targets if not rollback_path(m).exists()]
+    if unsafe:
+        raise PgsnapError(f"cannot roll back {unsafe[0]}: it has no {unsafe[0]}.rollback.sql "
+                          "(not safely reversible); nothing was rolled back")
+    return targets
+
+
+def rollback_plan(dsn: str, to: str | None = None, all_: bool = False) -> RollbackPlan:
+    """What `rollback` would undo (latest first) and, for the baseline, the rows it drops."""
+    migrations = read_migrations()
     if to is not None:
         known_id(migrations, to)
-    with connect(dsn) as conn, _backend(dsn) as backend, _migration_lock(backend, lock_wait):
+    with connect(dsn) as conn:
         check_current(conn, allow_behind=True)
-        applied = list(backend.to_rollback(migrations))  # latest first
-        if all_:
-            targets = applied
-        elif to is not None:
-            targets = [m for m in applied if ids.index(m.id) > ids.index(to)]
-        else:
-            targets = applied[:1]
-        unsafe = [m.id for m in targets if not rollback_path(m).exists()]
-        if unsafe:
-            raise PgsnapError(f"cannot roll back {unsafe[0]}: it has no {unsafe[0]}.rollback.sql "
-                              "(not safely reversible); nothing was rolled back")
+        targets = _rollback_targets(migrations, applied_latest_first(migrations, applied_migrations(conn)),
+                                    to, all_)
+        plan = RollbackPlan([m.id for m in targets], migrations[0].id)
+        if plan.includes_baseline:
+            for table in baseline_tables(migrations[0]):
+                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"public.{table}"]).fetchone()[0]:
+                    plan.dropped[table] = conn.execute(sql.SQL("SELECT count(*) FROM public.{}").format(
+                        sql.Identifier(table))).fetchone()[0]
+    return plan
+
+
+def rollback(dsn: str, to: str | None = None, all_: bool = False, *, expected: list[str] | None = None,
+             log: Log | None = None, lock_wait: float = 600) -> list[str]:
+    """Roll back the latest applied migration, everything applied after `to`, or everything;
+    each migration and its unrecording in one transaction. `expected`: the ids a plan showed;
+    anything else (another session migrated meanwhile) is refused."""
+    say = log or (lambda _msg: None)
+    migrations = read_migrations()
+    if to is not None:
+        known_id(migrations, to)
+    with connect(dsn) as conn, migration_backend(dsn) as backend, migration_lock(backend, lock_wait):
+        check_current(conn, allow_behind=True)
+        targets = _rollback_targets(migrations, applied_latest_first(migrations, applied_migrations(conn)),
+                                    to, all_)
+        if expected is not None and [m.id for m in targets] != expected:
+            raise PgsnapError("the migrations changed since the plan was shown (another `pgsnap migrate` "
+                              "or `rollback`?); nothing was rolled back: run it again")
         done = []
         for m in targets:
             say(f"rolling back {m.id}")

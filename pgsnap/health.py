@@ -15,10 +15,13 @@ _LEGACY_HEALTH = sql.SQL(" UNION ALL ").join(
 
 
 def snapshot_health(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    """{table: (NULL snapshots, rows)} in SNAPSHOT_TABLES order, on any schema version."""
+    """{table: (NULL snapshots, rows)} in SNAPSHOT_TABLES order, on any schema version (zeros on
+    a database without the application's tables)."""
     if conn.execute("SELECT to_regprocedure('pgsnap.snapshot_health()') IS NOT NULL").fetchone()[0]:
         rows = conn.execute(
             "SELECT table_name, null_snapshots, total_rows FROM pgsnap.snapshot_health()").fetchall()
+    elif conn.execute("SELECT to_regclass('public.target_populations') IS NULL").fetchone()[0]:
+        rows = []
     else:
         rows = conn.execute(_LEGACY_HEALTH).fetchall()
     found = {name: (int(nulls), int(total)) for name, nulls, total in rows}

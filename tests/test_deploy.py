@@ -201,8 +201,10 @@ def test_rollback_latest_then_down_to_an_id(home, empty_db_dsn, cli):
     assert deploy.rollback(empty_db_dsn) == ["0003.enforce-things"]
     assert applied(empty_db_dsn) == IDS[:2]
     assert snap_nullable(empty_db_dsn) == "YES"
-    result = cli("rollback", "--to", "0001.things", dsn=empty_db_dsn)
-    assert (result.exit_code, result.stdout) == (0, "rolling back 0002.pgsnap-schema\n")
+    result = cli("rollback", "--to", "0001.things", "--yes", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stdout) == (
+        0, "rollback plan: undo 1 migration, latest first\n  0002.pgsnap-schema\n"
+           "rolling back 0002.pgsnap-schema\n")
     assert applied(empty_db_dsn) == IDS[:1]
     assert cli("rollback", "--to", "0001.things", dsn=empty_db_dsn).stdout == "nothing to roll back\n"
 
