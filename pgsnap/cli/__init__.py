@@ -28,7 +28,7 @@ from pgsnap.errors import Exit, PgsnapError, describe_db_error, exit_code_of
 COMMANDS = [
     migrations.migrate, migrations.rollback, migrations.migrations, migrations.adopt,
     populate.populate, populate.sync, populate.launch, backfill.backfill,
-    report.check, report.status, report.verify,
+    report.check, report.status, report.verify, report.metrics,
     schedule.schedule, grant.grant, demo.demo,
 ]
 

@@ -4,11 +4,13 @@
   check (cannot connect, database behind or ahead of this pgsnap, the check itself failed).
 * `pgsnap verify TARGET_ID` lists every difference `pgsnap.verify_target` finds: exit 0 none,
   1 some, 2 no such target.
+* `pgsnap metrics` prints `pgsnap.metrics()` in the Prometheus text format (OpenMetrics'
+  `# EOF` included), for a node_exporter textfile collector or any scraper.
 * `pgsnap status` shows targets by status, NULL snapshots, the latest backfill runs, the
   schedule with next run times and the migrations; it also describes a database that is behind
   or ahead, section by section (a section that cannot be read says why).
 
-Each has `--json`: the same data as one JSON object on stdout.
+check, verify and status have `--json`: the same data as one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ import psycopg
 
 from pgsnap import db, deploy
 from pgsnap.cli.app import App, pass_app
-from pgsnap.cli.output import echo_json, finish, iso, plural, table, utc
+from pgsnap.cli.output import echo_json, finish, iso, json_option, plural, table, utc
 from pgsnap.errors import Exit, PgsnapError, describe_db_error, first_line, from_db_error
 from pgsnap.health import snapshot_health
 from pgsnap.schedule import cron, jobs, scheduler
 
 STATUSES = ("populated", "populating", "not_populated")
 PROBLEMS = ("missing", "extra", "wrong_band", "stale_snapshot", "null_snapshot", "duplicate")
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 
 
 # -- check ---------------------------------------------------------------------------------------
@@ -63,6 +64,35 @@ def check(app: App, as_json: bool) -> None:
         click.echo("check: healthy" if report["healthy"] else
                    f"check: {plural(report['violations'], 'violation')} ({', '.join(report['failing'])})")
     finish(0 if report["healthy"] else Exit.FINDING)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def metrics_text(samples: list[tuple[str, str, dict, float]]) -> str:
+    lines: list[str] = []
+    current = None
+    for metric, help_text, labels, value in samples:
+        if metric != current:
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+            current = metric
+        text = ",".join(f'{k}="{_label_value(str(v))}"' for k, v in labels.items())
+        lines.append(f"{metric}{{{text}}} {_number(value)}" if text else f"{metric} {_number(value)}")
+    return "\n".join([*lines, "# EOF"]) + "\n"
+
+
+@click.command()
+@pass_app
+def metrics(app: App) -> None:
+    """pgsnap's state in the Prometheus text format (for node_exporter's textfile collector)."""
+    samples = app.connect().execute("SELECT metric, help, labels, value FROM pgsnap.metrics()").fetchall()
+    click.echo(metrics_text(samples), nl=False)
 
 
 # -- verify --------------------------------------------------------------------------------------
