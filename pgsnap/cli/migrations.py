@@ -12,11 +12,9 @@ import click
 from pgsnap import adopt as adoption
 from pgsnap import deploy, plan
 from pgsnap.cli.app import App, pass_app
-from pgsnap.cli.output import echo_json, finish, iso, plural, table
+from pgsnap.cli.output import echo_json, finish, iso, json_option, plural, table
 from pgsnap.errors import Exit, PgsnapError
 from pgsnap.progress import progress
-
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 
 
 @click.command()

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+json_option = click.option("--json", "as_json", is_flag=True, help="The result as JSON on stdout.")
+
 
 def table(rows: Sequence[Sequence[Any]], indent: str = "") -> list[str]:
     """Left-aligned columns, two spaces apart (first row: the header); None prints as `-`."""

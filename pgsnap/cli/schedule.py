@@ -6,7 +6,7 @@ import logging
 import click
 
 from pgsnap.cli.app import App, pass_app
-from pgsnap.cli.output import finish, table, utc
+from pgsnap.cli.output import echo_json, finish, iso, json_option, table, utc
 from pgsnap.errors import Exit, PgsnapError, first_line
 from pgsnap.schedule import cron, jobs, scheduler
 
@@ -56,13 +56,17 @@ def remove_cmd(app: App, name: str) -> None:
 
 
 @schedule.command("list")
+@json_option
 @pass_app
-def list_cmd(app: App) -> None:
+def list_cmd(app: App, as_json: bool) -> None:
     """Jobs of this database with their last run."""
     with jobs.runners(app.connect(), app.dsn) as r:
         found = jobs.list_jobs(r)
         if r.cron is None and r.cron_dbname is not None:
             click.echo(f"note: {r.cron_problem}", err=True)
+    if as_json:
+        echo_json([{**jobs.job_dict(j), "last_start": iso(j.last_start)} for j in found])
+        return
     if not found:
         click.echo("no jobs; add one with `pgsnap schedule install`")
         return
@@ -76,24 +80,35 @@ def list_cmd(app: App) -> None:
 @schedule.command("next")
 @click.option("--count", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--name", default=None, help="Only this job.")
+@json_option
 @pass_app
-def next_cmd(app: App, count: int, name: str | None) -> None:
+def next_cmd(app: App, count: int, name: str | None, as_json: bool) -> None:
     """Next run times (UTC) of each job, by pg_cron 1.4's rules."""
     with jobs.runners(app.connect(), app.dsn) as r:
         found = [j for j in jobs.list_jobs(r) if name is None or j.jobname == name]
     if name is not None and not found:
         raise PgsnapError(f'no job named "{name}"', Exit.CANNOT_RUN)
+    now = scheduler.utcnow()
+    listed = []
+    for j in found:
+        entry = {"name": j.jobname, "runner": j.runner, "schedule": j.schedule, "active": j.active}
+        try:
+            entry["next_runs"] = [iso(at) for at in cron.next_runs(j.schedule, now, count)]
+        except cron.CronError as exc:
+            entry["next_runs"], entry["no_next_run"] = [], exc.reason
+        listed.append(entry)
+    if as_json:
+        echo_json(listed)
+        return
     if not found:
         click.echo("no jobs; add one with `pgsnap schedule install`")
-    now = scheduler.utcnow()
-    for j in found:
-        click.echo(f'{j.jobname} ({j.runner}, "{j.schedule}"'
-                   f'{"" if j.active else ", inactive"}):')
-        try:
-            for at in cron.next_runs(j.schedule, now, count):
-                click.echo(f"  {utc(at)}")
-        except cron.CronError as exc:
-            click.echo(f"  no next run: {exc.reason}")
+    for entry in listed:
+        click.echo(f'{entry["name"]} ({entry["runner"]}, "{entry["schedule"]}"'
+                   f'{"" if entry["active"] else ", inactive"}):')
+        for at in entry["next_runs"]:
+            click.echo(f"  {at.replace('T', ' ').removesuffix('Z')}")
+        if "no_next_run" in entry:
+            click.echo(f"  no next run: {entry['no_next_run']}")
 
 
 @schedule.command("run")
