@@ -45,10 +45,11 @@ from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
 from yoyo.migrations import Migration, MigrationList, topological_sort
 
-from pgsnap import procedures, resources
+from pgsnap import backfill as safety_net
+from pgsnap import resources
 from pgsnap.db import connect, parse_dsn
 from pgsnap.errors import Exit, PgsnapError, describe_db_error
-from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
+from pgsnap.health import snapshot_health
 
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
 CHECKSUM_KEY = "sql_checksum"
@@ -510,12 +511,8 @@ def migrate(
                         break
                     say("backfilling NULL snapshots")
                     # a recorded run of the safety net, to the end
-                    def progress(event: procedures.Event) -> None:
-                        if on_progress is not None and event["event"] == "batch":
-                            on_progress(event["done"], event["total"])
-
-                    done = procedures.backfill(conn, backfill_batch_size, on_event=progress)
-                    result.backfilled = {t: int(done[t]) for t in SNAPSHOT_TABLES}
+                    result.backfilled = safety_net.run(conn, backfill_batch_size or 500,
+                                                       on_progress=on_progress).filled
                     require_no_null_snapshots(conn)
                     prepared = True
                 for m in step:
