@@ -12,6 +12,8 @@ Fixtures (use exactly these names):
 * `new_conn` — factory `new_conn(autocommit=True)` of extra connections to db_dsn (concurrency
   tests); all closed after the test.
 * `empty_db_dsn` — DSN of a brand-new empty database (migration tests). Dropped after the test.
+* `probe_command` — adds `pgsnap probe [--sql SQL]` (prints one value over the standard checked
+  connection) for the duration of a test.
 * `cli` — `cli(*args, dsn=None, input=None, env=None)` runs the click app in-process with
   `--dsn db_dsn` (or `--dsn <dsn>`; `dsn=False` passes no --dsn) and returns click's `Result`:
   `.exit_code`, `.stdout`, `.stderr` (separate streams), `.output`. Unexpected exceptions propagate.
@@ -24,6 +26,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import click
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -33,6 +36,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from pgsnap import deploy
 from pgsnap.cli import main
+from pgsnap.cli.app import pass_app
 from pgsnap.demo.cluster import EmbeddedCluster, ExternalServer
 
 # the pid keeps parallel runs against one PGSNAP_TEST_DSN server apart
@@ -137,3 +141,19 @@ def cli(request):
 
     return run
 
+
+@pytest.fixture
+def probe_command():
+    """`pgsnap probe [--sql SQL]`: a throwaway command printing one value over the standard
+    checked connection, as every command opens it."""
+
+    @click.command("probe")
+    @click.option("--sql", default="SELECT 1")
+    @pass_app
+    def probe(app, sql):
+        conn = app.connect()
+        click.echo(conn.execute(sql).fetchone()[0])
+
+    main.add_command(probe)
+    yield probe
+    main.commands.pop("probe")

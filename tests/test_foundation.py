@@ -6,13 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import psycopg
-import pytest
 
 from pgsnap import deploy
-from pgsnap.cli import main
-from pgsnap.cli.app import pass_app
 from pgsnap.config import resolve_dsn
 from pgsnap.demo.cluster import free_port
 from pgsnap.progress import progress
@@ -185,22 +181,6 @@ def test_two_concurrent_migrate_processes_apply_each_migration_once(empty_db_dsn
 
 
 # -- the CLI's error contract -------------------------------------------------------------------
-@pytest.fixture
-def probe_command():
-    """A throwaway command using the standard checked connection, as other commands do."""
-
-    @click.command("probe")
-    @click.option("--sql", default="SELECT 1")
-    @pass_app
-    def probe(app, sql):
-        conn = app.connect()
-        click.echo(conn.execute(sql).fetchone()[0])
-
-    main.add_command(probe)
-    yield probe
-    main.commands.pop("probe")
-
-
 def test_unparsable_dsn_is_one_line_exit_2(cli):
     result = cli("migrations", dsn="not a dsn")
     assert (result.exit_code, result.stdout) == (2, "")
