@@ -2,7 +2,10 @@
 
 The pgsnap scheduler runs in a thread with a fake clock (`FakeClock`) where a
 test moves time itself, or in a subprocess (to be killed or sent SIGTERM) whose
-clock starts just before a slot and then runs at real speed.
+clock starts just before a slot and then runs at real speed. Nothing waits for
+time to pass: a test waits for scheduling passes (`passes`), run records, log
+lines, or a job's backend waiting on an advisory lock the test holds (`HELD`: a
+job that runs exactly as long as the test wants).
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from pgsnap import deploy
 from pgsnap.errors import PgsnapError
 from pgsnap.schedule.scheduler import Scheduler, leader_pid
-from tests.helpers import add_group, add_me_file, add_target, add_trait, execute, rows, tag, value
+from tests.helpers import add_group, add_me_file, add_target, add_trait, execute, rows, tag, value, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,12 +44,35 @@ class FakeClock:
         return self.now
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.05)
+HELD = "SELECT pg_advisory_lock(4242), pg_advisory_unlock(4242)"  # runs while the test holds 4242
+
+
+@contextmanager
+def holding(conn) -> Iterator[None]:
+    """Hold advisory lock 4242 (a `HELD` job waits for it) for the block, or until `release`."""
+    execute(conn, "SELECT pg_advisory_lock(4242)")
+    try:
+        yield
+    finally:
+        release(conn)
+
+
+def release(conn) -> None:
+    execute(conn, "SELECT pg_advisory_unlock_all()")
+
+
+def held_run_waiting(conn, jobid: int) -> bool:
+    """The job's running run has reached the lock and waits for it."""
+    return bool(rows(conn, "SELECT 1 FROM pgsnap.job_run_details d"
+                           " JOIN pg_stat_activity a ON a.pid = d.job_pid"
+                           " WHERE d.jobid = %s AND d.status = 'running' AND a.wait_event = 'advisory'",
+                     (jobid,)))
+
+
+def passes(s: Scheduler, n: int = 2) -> None:
+    """Wait for `n` more scheduling passes: at least one whole pass sees the clock as it is now."""
+    start = s.steps
+    wait_until(lambda: s.steps >= start + n, what=f"{n} scheduling passes")
 
 
 @contextmanager
@@ -128,11 +153,11 @@ def test_leader_runs_a_due_job_once_and_records_it(db_dsn, conn):
     with scheduler(db_dsn, clock) as s:
         wait_until(lambda: s.role == "leader")
         clock.now = at(2030, 1, 1, 11, 59, 59)
-        time.sleep(0.3)
+        passes(s)
         assert runs(conn, jobid) == []  # nothing before the first slot
         clock.now = at(2030, 1, 1, 12, 0, 0.5)
         wait_until(lambda: finished(conn, jobid, 1))
-        time.sleep(0.3)  # more ticks in the same minute: no second run
+        passes(s)  # more passes in the same minute: no second run
     assert runs(conn, jobid) == [("succeeded", at(2030, 1, 1, 12, 0, 0.5), True, "SELECT 1")]
     assert value(conn, "SELECT job_pid IS NOT NULL AND command = 'SELECT 42' "
                        "FROM pgsnap.job_run_details") is True
@@ -149,27 +174,33 @@ def test_two_schedulers_exactly_one_runs_the_job(db_dsn, conn):
             wait_until(lambda: finished(conn, jobid, 1))
             clock.now = at(2030, 1, 1, 12, 1, 0.5)
             wait_until(lambda: finished(conn, jobid, 2))
-            time.sleep(0.3)
+            passes(first)
             assert (first.role, second.role) == ("leader", "standby")
     assert statuses(conn, jobid) == ["succeeded", "succeeded"]
 
 
 def test_standby_takes_over_when_the_leader_is_killed_mid_run(db_dsn, conn, procs):
-    jobid = add_job(conn, "nap", "* * * * *", "SELECT pg_sleep(2)")
-    leader = spawn_scheduler(db_dsn, at(2030, 1, 1, 11, 59, 59, 0.5))
-    procs.append(leader)
-    wait_until(lambda: statuses(conn, jobid) == ["running"], what="the leader's run")
-    clock = FakeClock(at(2030, 1, 1, 12, 0, 30))
-    with scheduler(db_dsn, clock) as standby:
+    jobid = add_job(conn, "held", "* * * * *", HELD)
+    with holding(conn):
+        leader = spawn_scheduler(db_dsn, at(2030, 1, 1, 11, 59, 59, 0.5))
+        procs.append(leader)
+        wait_until(lambda: held_run_waiting(conn, jobid), what="the leader's run")
+        clock = FakeClock(at(2030, 1, 1, 12, 0, 30))
+        standby_ctx = scheduler(db_dsn, clock)
+        standby = standby_ctx.__enter__()
         wait_until(lambda: standby.role == "standby")
         leader.send_signal(signal.SIGKILL)
         leader.wait(10)
         wait_until(lambda: standby.role == "leader", what="the takeover")
         assert leader_pid(conn) is not None
-        # the orphaned backend finishes its sleep; then the run is marked failed
+        assert statuses(conn, jobid) == ["running"]  # its backend still waits
+    try:
+        # released: the orphaned backend ends its statement; then the run is marked failed
         wait_until(lambda: statuses(conn, jobid) == ["failed"], what="orphan cleanup")
         clock.now = at(2030, 1, 1, 12, 1, 0.5)
         wait_until(lambda: finished(conn, jobid, 2), what="the new leader's run")
+    finally:
+        standby_ctx.__exit__(None, None, None)
     (orphan, fresh) = runs(conn, jobid)
     assert orphan[0] == "failed" and orphan[3] == (
         "the scheduler that started this run stopped before it finished; outcome unknown")
@@ -178,12 +209,14 @@ def test_standby_takes_over_when_the_leader_is_killed_mid_run(db_dsn, conn, proc
 
 
 def test_a_run_still_going_at_its_next_slot_is_skipped(db_dsn, conn):
-    jobid = add_job(conn, "nap", "* * * * *", "SELECT pg_sleep(1.5)")
+    jobid = add_job(conn, "held", "* * * * *", HELD)
     clock = FakeClock(at(2030, 1, 1, 11, 59, 59))
-    with scheduler(db_dsn, clock):
+    with scheduler(db_dsn, clock), holding(conn):
         clock.now = at(2030, 1, 1, 12, 0, 0.5)
-        wait_until(lambda: statuses(conn, jobid) == ["running"])
+        wait_until(lambda: held_run_waiting(conn, jobid))
         clock.now = at(2030, 1, 1, 12, 1, 0.5)
+        wait_until(lambda: statuses(conn, jobid) == ["running", "skipped"])
+        release(conn)
         wait_until(lambda: finished(conn, jobid, 2))
     (first_runid,) = rows(conn, "SELECT min(runid) FROM pgsnap.job_run_details")[0]
     assert runs(conn, jobid) == [
@@ -201,48 +234,60 @@ def test_missed_slots_are_not_replayed(db_dsn, conn):
                   "VALUES (%s, 'succeeded', %s, %s)",
             (every10, at(2030, 1, 1, 9), at(2030, 1, 1, 9, 0, 1)))
     clock = FakeClock(at(2030, 1, 1, 12, 34))
-    with scheduler(db_dsn, clock):
+    with scheduler(db_dsn, clock) as s:
         wait_until(lambda: finished(conn, every10, 2))
         clock.now = at(2030, 1, 1, 12, 39, 59)
-        time.sleep(0.3)
+        passes(s)
         assert len(runs(conn, every10)) == 2 and runs(conn, never_ran) == []
         clock.now = at(2030, 1, 1, 12, 40, 0.5)
         wait_until(lambda: finished(conn, every10, 3) and finished(conn, never_ran, 1))
-        time.sleep(0.3)
+        passes(s)
     assert [r[1] for r in runs(conn, every10)] == [
         at(2030, 1, 1, 9), at(2030, 1, 1, 12, 34), at(2030, 1, 1, 12, 40, 0.5)]
     assert [r[1] for r in runs(conn, never_ran)] == [at(2030, 1, 1, 12, 40, 0.5)]
 
 
+def log_lines(proc: subprocess.Popen) -> list[str]:
+    """The scheduler's log, read as it comes (a thread follows the pipe)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return lines
+
+
 def test_sigterm_waits_for_the_run_records_it_and_exits_0(db_dsn, conn, procs):
-    jobid = add_job(conn, "nap", "* * * * *", "SELECT pg_sleep(1)")
-    proc = spawn_scheduler(db_dsn, at(2030, 1, 1, 11, 59, 59, 0.7))
-    procs.append(proc)
-    wait_until(lambda: statuses(conn, jobid) == ["running"])
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, proc.stdout.read()
+    jobid = add_job(conn, "held", "* * * * *", HELD)
+    with holding(conn):
+        proc = spawn_scheduler(db_dsn, at(2030, 1, 1, 11, 59, 59, 0.7))
+        procs.append(proc)
+        log = log_lines(proc)
+        wait_until(lambda: held_run_waiting(conn, jobid))
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: any("stopping: waiting for 1 run(s)" in line for line in log), what="the stop")
+        assert proc.poll() is None  # it waits for the run
+    assert proc.wait(30) == 0, "".join(log)
     assert [r[0] for r in runs(conn, jobid)] == ["succeeded"]
     assert runs(conn, jobid)[0][2:] == (True, "SELECT 1")
     assert leader_pid(conn) is None
 
 
 def test_sigterm_cancels_other_commands_after_the_stop_timeout(db_dsn, conn, procs):
-    jobid = add_job(conn, "long-nap", "* * * * *", "SELECT pg_sleep(60)")
-    proc = spawn_scheduler(db_dsn, at(2030, 1, 1, 11, 59, 59, 0.7), stop_timeout=0.5)
-    procs.append(proc)
-    wait_until(lambda: statuses(conn, jobid) == ["running"])
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, proc.stdout.read()
-    assert [r[2:] for r in runs(conn, jobid)] == [(True, "cancelled: the scheduler stopped")]
-    assert statuses(conn, jobid) == ["stopped"]
-    assert value(conn, "SELECT count(*) FROM pg_stat_activity "
-                       "WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") == 0
+    jobid = add_job(conn, "held", "* * * * *", HELD)
+    with holding(conn):  # never released while it runs: only the cancel can end it
+        proc = spawn_scheduler(db_dsn, at(2030, 1, 1, 11, 59, 59, 0.7), stop_timeout=0.5)
+        procs.append(proc)
+        wait_until(lambda: held_run_waiting(conn, jobid))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stdout.read()
+        assert [r[2:] for r in runs(conn, jobid)] == [(True, "cancelled: the scheduler stopped")]
+        assert statuses(conn, jobid) == ["stopped"]
+        assert value(conn, "SELECT count(*) FROM pg_stat_activity WHERE query = %s AND state = 'active'",
+                     (HELD,)) == 0
 
 
 @pytest.fixture
 def legacy_dsn(empty_db_dsn):
-    """A database mid-journey: 30 populations with NULL snapshots, NOT NULL not enforced,
-    and every batch of the backfill slowed down to ~0.1 s per row."""
+    """A database mid-journey: 30 populations with NULL snapshots (ids 1-30), NOT NULL not
+    enforced, and a trigger that holds the backfill at row 3 while the test holds lock 4242."""
     deploy.migrate(empty_db_dsn, to="0001.baseline-schema")
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:
         add_trait(c, 1, "Parent")
@@ -252,38 +297,45 @@ def legacy_dsn(empty_db_dsn):
         for me_file in range(1, 31):
             add_me_file(c, me_file)
             tag(c, me_file, 2, "x")
-            execute(c, "INSERT INTO target_populations (target_band_id, me_file_id) "
-                       "VALUES (1, %s)", (me_file,))
+            execute(c, "INSERT INTO target_populations (id, target_band_id, me_file_id) "
+                       "VALUES (%s, 1, %s)", (me_file, me_file))
     deploy.migrate(empty_db_dsn, backfill=False)
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:
         execute(c, """
-            CREATE FUNCTION public.test_slow_row() RETURNS trigger LANGUAGE plpgsql
-            AS $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;
-            CREATE TRIGGER test_slow_row BEFORE UPDATE ON target_populations
-               FOR EACH ROW EXECUTE FUNCTION public.test_slow_row()""")
+            CREATE FUNCTION public.test_hold_row_3() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.id = 3 THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_hold_row_3 BEFORE UPDATE ON target_populations
+               FOR EACH ROW EXECUTE FUNCTION public.test_hold_row_3()""")
     return empty_db_dsn
 
 
 def test_sigterm_stops_a_backfill_after_its_current_batch(legacy_dsn, procs):
+    """Batches 1 and 2 are committed, batch 3 is held; SIGTERM asks the run to stop, then batch 3
+    finishes and the run stops there."""
     with psycopg.connect(legacy_dsn, autocommit=True) as c:
         jobid = add_job(c, "pgsnap-backfill", "* * * * *",
                         "CALL pgsnap.backfill_missing_snapshots(p_batch_size => 1)")
-        proc = spawn_scheduler(legacy_dsn, at(2030, 1, 1, 11, 59, 59, 0.7))
-        procs.append(proc)
-        wait_until(lambda: value(c, "SELECT coalesce(max(batches), 0) "
-                                    "FROM pgsnap.backfill_runs") >= 2)
-        proc.send_signal(signal.SIGTERM)
+        with holding(c):
+            proc = spawn_scheduler(legacy_dsn, at(2030, 1, 1, 11, 59, 59, 0.7))
+            procs.append(proc)
+            wait_until(lambda: held_run_waiting(c, jobid), what="the backfill to reach row 3")
+            assert value(c, "SELECT batches FROM pgsnap.backfill_runs") == 2
+            proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: value(c, "SELECT stop_requested FROM pgsnap.backfill_runs"),
+                       what="the stop request")
         assert proc.wait(30) == 0, proc.stdout.read()
         (status, batches, filled, stop_requested), = rows(
             c, "SELECT status, batches, target_populations, stop_requested "
                "FROM pgsnap.backfill_runs")
-        assert (status, stop_requested) == ("stopped", True)
-        assert 2 <= batches == filled < 30
-        assert value(c, "SELECT count(*) FROM target_populations "
-                        "WHERE matching_tags_snapshot IS NULL") == 30 - filled
+        assert (status, batches, filled, stop_requested) == ("stopped", 3, 3, True)
+        assert rows(c, "SELECT id FROM target_populations WHERE matching_tags_snapshot IS NOT NULL"
+                       " ORDER BY id") == [(1,), (2,), (3,)]
         assert [r[0::2] for r in runs(c, jobid)] == [("stopped", True)]
-        assert runs(c, jobid)[0][3] == (f"backfill stopped: {batches} batches, {filled} "
-                                        "target_populations, 0 offers, 0 ad_events")
+        assert runs(c, jobid)[0][3] == (
+            "backfill stopped: 3 batches, 3 target_populations, 0 offers, 0 ad_events")
         assert value(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
                         "(SELECT oid FROM pg_database WHERE datname = current_database())") == 0
 
@@ -382,13 +434,18 @@ def test_install_list_next_remove_with_the_pgsnap_runner(cli, conn):
         f"{start.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "succeeded",
         "backfill succeeded: 0 batches, 0 target_populations, 0 offers, 0 ad_events"]
 
+    before = datetime.now(UTC)
     nxt = cli("schedule", "next", "--count", "3")
-    now = datetime.now(UTC)
-    today6 = now.replace(hour=6, minute=0, second=0, microsecond=0)
-    slots = [today6 + timedelta(days=d, minutes=m) for d in (0, 1, 2) for m in (0, 30)]
-    expected = [s for s in slots if s > now][:3]
-    assert nxt.stdout == ('pgsnap-backfill (pgsnap, "*/30 6 * * *"):\n'
-                          + "".join(f"  {s:%Y-%m-%d %H:%M:%S}\n" for s in expected))
+    after = datetime.now(UTC)
+
+    def listing(now: datetime) -> str:
+        today6 = now.replace(hour=6, minute=0, second=0, microsecond=0)
+        slots = [today6 + timedelta(days=d, minutes=m) for d in (-1, 0, 1, 2) for m in (0, 30)]
+        return ('pgsnap-backfill (pgsnap, "*/30 6 * * *"):\n'
+                + "".join(f"  {s:%Y-%m-%d %H:%M:%S}\n" for s in [s for s in slots if s > now][:3]))
+
+    # computed at some instant between `before` and `after` (both, unless a slot fell in between)
+    assert nxt.stdout in (listing(before), listing(after))
 
     removed = cli("schedule", "remove")
     assert removed.stdout == f'removed pgsnap job {jobid} "pgsnap-backfill"\n'

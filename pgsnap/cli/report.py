@@ -136,7 +136,7 @@ def _exists(conn: psycopg.Connection, regclass: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass]).fetchone()[0]
 
 
-def _targets(conn: psycopg.Connection, app: App) -> dict:
+def _targets(conn: psycopg.Connection, app: App, now: datetime) -> dict:
     counts = dict(conn.execute(
         "SELECT population_status, count(*) FROM public.targets GROUP BY 1").fetchall())
     populating = []
@@ -159,7 +159,7 @@ def _targets_text(data: dict) -> list[str]:
     return lines
 
 
-def _snapshots(conn: psycopg.Connection, app: App) -> dict:
+def _snapshots(conn: psycopg.Connection, app: App, now: datetime) -> dict:
     return {t: {"null": nulls, "rows": total} for t, (nulls, total) in snapshot_health(conn).items()}
 
 
@@ -171,7 +171,7 @@ RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "batches", "target_p
                "ad_events", "error")
 
 
-def _backfill_runs(conn: psycopg.Connection, app: App) -> list[dict]:
+def _backfill_runs(conn: psycopg.Connection, app: App, now: datetime) -> list[dict]:
     if not _exists(conn, "pgsnap.backfill_runs"):
         raise PgsnapError(NOT_INSTALLED)
     runs = conn.execute(
@@ -190,13 +190,12 @@ def _backfill_runs_text(runs: list[dict]) -> list[str]:
                      first_line(r["error"]) if r["error"] else None) for r in runs])
 
 
-def _schedule(conn: psycopg.Connection, app: App) -> dict:
+def _schedule(conn: psycopg.Connection, app: App, now: datetime) -> dict:
     if not _exists(conn, "pgsnap.jobs"):
         raise PgsnapError(NOT_INSTALLED)
     with jobs.runners(conn, app.dsn) as r:
         found = jobs.list_jobs(r)
         cron_problem = r.cron_problem if r.cron is None else None
-    now = scheduler.utcnow()
     listed = []
     for j in found:
         entry = jobs.job_dict(j)
@@ -231,7 +230,7 @@ def _schedule_text(data: dict) -> list[str]:
     return lines
 
 
-def _migrations(conn: psycopg.Connection, app: App) -> dict:
+def _migrations(conn: psycopg.Connection, app: App, now: datetime) -> dict:
     rows = deploy.status(conn)
     known = {m.id for m in deploy.read_migrations()}
     lock = None
@@ -257,7 +256,8 @@ def _migrations_text(data: dict) -> list[str]:
     return lines
 
 
-SECTIONS: list[tuple[str, str, Callable[[psycopg.Connection, App], Any], Callable[[Any], list[str]]]] = [
+Reader = Callable[[psycopg.Connection, App, datetime], Any]
+SECTIONS: list[tuple[str, str, Reader, Callable[[Any], list[str]]]] = [
     ("targets", "targets", _targets, _targets_text),
     ("snapshots", "snapshots", _snapshots, _snapshots_text),
     ("backfill_runs", "backfill runs (latest 5)", _backfill_runs, _backfill_runs_text),
@@ -282,13 +282,13 @@ def _jsonable(value: Any) -> Any:
 def status(app: App, as_json: bool) -> None:
     """Targets by status, NULL snapshots, backfill runs, schedule, pending migrations."""
     conn = app.connect(check=False)  # status also describes a database that is behind or ahead
-    now = datetime.now(UTC)
+    now = scheduler.utcnow()  # one clock for the header and the next runs
     report: dict[str, Any] = {"server": db.server_label(app.dsn), "at": iso(now)}
     if not as_json:
         click.echo(f"pgsnap status of {report['server']} at {utc(now)} UTC\n")
     for key, title, read, render in SECTIONS:
         try:
-            data = read(conn, app)
+            data = read(conn, app, now)
             report[key], lines = _jsonable(data), render(data)
         except (psycopg.Error, PgsnapError) as exc:
             why = describe_db_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
