@@ -501,7 +501,8 @@ def migrate(
                 if not step:
                     continue
                 if is_enforcement(step[0]) and not prepared:
-                    if not result.sql_files:  # sql/ must be current for the backfill
+                    current = deployed_checksum(conn) == sql_checksum(resources.sql_files())
+                    if not result.sql_files and not current:  # sql/ must be current for the backfill
                         files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
                                            "deploy sql/")
                         result.sql_files = len(files)

@@ -129,9 +129,9 @@ def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
         assert refused.value.diag.message_primary == (
             'new row for relation "target_populations" violates check constraint '
             '"target_populations_snapshot_not_null"')
-    # run again: it stops at the same place, and still fills nothing
+    # run again: it stops at the same place, fills nothing, and leaves sql/ (unchanged) alone
     again = cli("migrate", "--no-backfill", dsn=empty_db_dsn)
-    assert (again.exit_code, again.stdout) == (0, f"{STOPPED}deployed {sql_files()} sql/ files\n")
+    assert (again.exit_code, again.stdout) == (0, STOPPED)
     # `pgsnap backfill`, then `pgsnap migrate`, as the message says
     filled = cli("backfill", dsn=empty_db_dsn)
     assert (filled.exit_code, filled.stdout) == (
@@ -177,22 +177,39 @@ def test_refusal_while_nulls_remain_applies_no_enforcement(cli, empty_db_dsn):
 
 
 def test_refusal_while_another_backfill_run_is_active(cli, empty_db_dsn):
-    """A safety-net run holds the backfill lock: the journey's backfill skips, so enforcement
-    refuses with every NULL still counted; nothing of 0005-0007 is applied."""
+    """A safety-net run is busy (held inside its first batch): the journey's backfill skips, so
+    enforcement refuses with every NULL still counted; no enforcement step is applied."""
     stage_legacy(cli, empty_db_dsn)
     assert cli("migrate", "--no-backfill", dsn=empty_db_dsn).exit_code == 0
-    with psycopg.connect(empty_db_dsn, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(pgsnap.lock_key('backfill'))")
-        result = cli("migrate", dsn=empty_db_dsn)
-        assert (result.exit_code, result.stdout, result.stderr) == (
-            1, "backfilling NULL snapshots\n",
-            "error: cannot enforce NOT NULL: 19 NULL snapshots remain "
-            "(target_populations 3, offers 6, ad_events 10); run `pgsnap backfill`, then `pgsnap migrate`\n")
-        assert applied(empty_db_dsn) == IDS[:4]
-        with psycopg.connect(empty_db_dsn) as c:
+    with psycopg.connect(empty_db_dsn, autocommit=True) as c:
+        h.execute(c, """
+            CREATE FUNCTION public.test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+            CREATE TRIGGER test_hold BEFORE UPDATE ON target_populations
+               FOR EACH ROW EXECUTE FUNCTION public.test_hold()""")
+        h.execute(c, "SELECT pg_advisory_lock(4242)")
+        other = psycopg.connect(empty_db_dsn, autocommit=True)
+        busy = threading.Thread(target=lambda: other.execute("CALL pgsnap.backfill_missing_snapshots()"))
+        busy.start()
+        try:
+            h.wait_until(lambda: h.rows(c, "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                                           " AND wait_event = 'advisory'", (other.info.backend_pid,)),
+                         what="the other run to be busy")
+            result = cli("migrate", dsn=empty_db_dsn)
+            assert (result.exit_code, result.stdout, result.stderr) == (
+                1, "backfilling NULL snapshots\n",
+                "error: cannot enforce NOT NULL: 19 NULL snapshots remain (target_populations 3, "
+                "offers 6, ad_events 10); run `pgsnap backfill`, then `pgsnap migrate`\n")
+            assert applied(empty_db_dsn) == IDS[:4]
             assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
             assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
-            assert runs(c) == [("skipped", 0, 0, 0, 0, None)]
+            assert runs(c) == [("running", 0, 0, 0, 0, None), ("skipped", 0, 0, 0, 0, None)]
+        finally:
+            h.execute(c, "SELECT pg_advisory_unlock(4242)")
+            busy.join(60)
+            other.close()
+        h.execute(c, "DROP TRIGGER test_hold ON target_populations")
+        assert runs(c)[0] == ("succeeded", 1, 3, 6, 10, None)  # the other run did the work
     result = cli("migrate", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
     assert_enforced(empty_db_dsn)
