@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 8 item 4; docs/operations.md, "Errors and exit statuses").
+"""The bad-input matrix (docs/operations.md, "Errors and exit statuses").
 
 For every CLI command and contract function: unknown ids, zero/negative/NULL batch sizes and
 max-batches, invalid cron expressions, malformed explicit snapshots, invalid DSNs, a database
@@ -107,7 +107,7 @@ def test_contract_function_refuses_bad_input(world, statement, sqlstate, message
     assert h.db_state(world) == before
 
 
-LOOKUPS = [  # pure lookups: an unknown id is "nothing qualifies", not an error (design.md section 4)
+LOOKUPS = [  # pure lookups: an unknown id is "nothing qualifies", not an error (docs/sql-api.md)
     ("SELECT pgsnap.build_snapshot(999, 1)", {"tags": []}),
     ("SELECT pgsnap.build_snapshot(1, 999)", {"tags": []}),
     ("SELECT pgsnap.build_snapshot(NULL, NULL)", {"tags": []}),
@@ -306,7 +306,7 @@ BACKFILL = [["backfill"], ["backfill", "--dry-run"], ["backfill", "--band", "1"]
 
 @pytest.fixture
 def behind(empty_db_dsn, cli):
-    """The legacy database of design.md section 5: only 0001.baseline-schema applied, with rows."""
+    """A legacy database: only 0001.baseline-schema applied, with rows."""
     result = cli("migrate", "--to", BASELINE, dsn=empty_db_dsn)
     assert result.exit_code == 0, result.output
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:

@@ -1,4 +1,4 @@
-"""`pgsnap check`, `verify`, `status` and their SQL (issue 6 item 3; sql/80_checks.sql).
+"""`pgsnap check`, `verify`, `status`, `metrics` and their SQL (sql/80_checks.sql, sql/85_metrics.sql).
 
 Every invariant is broken on purpose, as the superuser the tests run as (dropping a
 constraint in the test database, direct UPDATEs, run-log rows), and `check` must exit 1

@@ -16,7 +16,7 @@ from pgsnap.progress import progress
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = "0001.baseline-schema"
 
-# design.md §2: every table and column (data type, nullable) the contract names. Snapshot
+# docs/sql-api.md: every table and column (data type, nullable) the contract names. Snapshot
 # columns are checked for type only: the NOT NULL journey changes their nullability.
 ID = ("bigint", "NO")
 TS = ("timestamp with time zone", "NO")
@@ -63,7 +63,7 @@ def public_columns(conn) -> dict[str, dict[str, tuple[str, str]]]:
 
 
 def design_view(found):
-    """The found schema restricted to what design.md names (later migrations may add columns)."""
+    """The found schema restricted to what the contract names (later migrations may add columns)."""
     return {
         table: {col: (found.get(table, {}).get(col, (None, None))[0],
                       None if spec[1] is None else found.get(table, {}).get(col, (None, None))[1])

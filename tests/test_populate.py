@@ -707,7 +707,7 @@ def test_cli_populate_all(conn, cli):
 def test_cli_populate_unknown_target_is_one_line_error(conn, cli):
     seed_worked_example(conn)
     result = cli("populate", "999")
-    assert (result.exit_code, result.stdout) == (1, "")
+    assert (result.exit_code, result.stdout) == (2, "")  # not found
     assert result.stderr == "error: P0002: target 999 does not exist\n"
     assert row_versions(conn) == {}
 
@@ -716,7 +716,8 @@ def test_cli_populate_bad_batch_size_is_a_usage_error(conn, cli):
     seed_worked_example(conn)
     result = cli("populate", str(T1), "--batch-size", "0")
     assert (result.exit_code, result.stdout) == (2, "")
-    assert result.stderr == "error: batch size must be a positive integer, got 0\n"
+    assert result.stderr == ("error: Invalid value for '--batch-size': 0 is not in the range x>=1 "
+                             "(see `pgsnap populate --help`)\n")
     assert row_versions(conn) == {}
     assert target_status(conn, T1) == ("not_populated", None)
 

@@ -893,7 +893,7 @@ def test_cli_sync_again_changes_nothing(conn, cli):
 def test_cli_sync_unknown_me_file_is_one_line_error(conn, cli):
     populated_example(conn)
     result = cli("sync", 999)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # not found
     assert result.stdout == ""
     assert result.stderr == "error: P0002: me_file 999 does not exist\n"
 
@@ -902,7 +902,7 @@ def test_cli_sync_stops_at_the_first_unknown_me_file(conn, cli):
     """Me_files before the unknown one are synced (and reported), none after it."""
     stale = stale_example(conn)
     result = cli("sync", M2, 999, M1)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # not found
     assert result.stdout == "me_file 2: 1 population rows changed\n"
     assert result.stderr == "error: P0002: me_file 999 does not exist\n"
     assert populations(conn, T1)[M2] == FRESH_T1[M2]
