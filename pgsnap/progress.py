@@ -33,9 +33,6 @@ class Progress:
             self._bar.update(done - self.done)
         self.done = done
 
-    def advance(self, n: int = 1) -> None:
-        self.update(self.done + n)
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
@@ -44,7 +41,7 @@ class Progress:
 
 @contextmanager
 def progress(total: int | None = None, label: str = "", stream: IO[str] | None = None) -> Iterator[Progress]:
-    """`with progress(total, "populating") as p: ... p.advance(n)` (or `p.update(done, total)`)."""
+    """`with progress(label="populating") as p: ... p.update(done, total)`."""
     p = Progress(total, label, stream or sys.stderr)
     try:
         yield p

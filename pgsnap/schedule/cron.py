@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 from cronsim import CronSim
 
-__all__ = ["CronError", "Schedule", "next_runs", "parse", "validate"]
+__all__ = ["CronError", "Schedule", "next_runs", "parse"]
 
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun",
                "jul", "aug", "sep", "oct", "nov", "dec")
@@ -202,11 +202,6 @@ def parse(expr: str) -> Schedule:
         expr=text, minutes=minutes, hours=hours, days=days, months=months,
         weekdays=frozenset(d % 7 for d in dows), day_and=day_and,
         five_fields=" ".join(parts))
-
-
-def validate(expr: str) -> str:
-    """Return `expr` stripped if pg_cron 1.4 accepts it as written, else raise."""
-    return parse(expr).expr
 
 
 def _utc(at: datetime) -> datetime:
