@@ -336,7 +336,7 @@ def migrate(
     result = MigrateResult()
     with connect(dsn) as conn, _backend(url) as backend, _migration_lock(backend, lock_wait):
         check_current(conn, allow_behind=True)  # an older pgsnap must not touch a newer schema
-        pending = [m for m in backend.to_apply(migrations) if m.id in wanted]
+        pending = enforcement_last([m for m in backend.to_apply(migrations) if m.id in wanted])
         prepared = False
         for m in pending:
             marker = marker_of(m)
@@ -348,7 +348,10 @@ def migrate(
                     break
                 say("backfilling NULL snapshots")
                 # a recorded run of the safety net, to the end
-                result.backfilled = safety_net.run(conn, backfill_batch_size, on_progress=on_progress).filled
+                before = snapshot_health(conn)
+                conn.execute("CALL pgsnap.backfill_missing_snapshots(%s)", [backfill_batch_size])
+                after = snapshot_health(conn)
+                result.backfilled = {t: before.get(t, 0) - after.get(t, 0) for t in SNAPSHOT_TABLES}
                 require_no_null_snapshots(conn)
                 prepared = True
             say(f"applying {m.id}")
@@ -362,6 +365,19 @@ def migrate(
         files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (), "deploy sql/")
         result.sql_files = len(files)
     return result
+
+
+def enforcement_last(pending: list[Migration]) -> list[Migration]:
+    """Pending migrations with the enforcement steps moved after every other one their
+    dependencies allow (the backfill runs just before the first enforcement step)."""
+    enforce = {m.id for m in pending if (marker_of(m) or Marker("", ())).kind == "enforce"}
+
+    def needs_enforce(m: Migration, seen=()) -> bool:
+        deps = [d for d in m.depends if d.id in {p.id for p in pending}]
+        return any(d.id in enforce or needs_enforce(d) for d in deps)
+
+    first = [m for m in pending if m.id not in enforce and not needs_enforce(m)]
+    return first + [m for m in pending if m not in first]
 
 
 def _apply(backend_or_url, migration: Migration) -> None:
