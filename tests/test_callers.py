@@ -326,7 +326,8 @@ def test_application_holding_its_me_file_row_does_not_deadlock_a_populate(conn, 
     seed_worked_example(conn)
     app = new_conn(autocommit=False)
     execute(app, "SELECT id FROM me_files WHERE id = %s FOR UPDATE", (M2,))
-    execute(app, "UPDATE me_file_tags SET tag_value = 'F' WHERE me_file_id = %s AND trait_id = %s", (M2, FEMALE))
+    execute(app, "UPDATE me_file_tags SET tag_value = 'F' WHERE me_file_id = %s AND trait_id = %s",
+            (M2, FEMALE))
     populator_conn = new_conn()
     populator = Runner(populate, populator_conn, T1)
     populator.start()
