@@ -2,12 +2,12 @@
 -- ad_events"), and launch_campaign creates offers from a populated target.
 
 -- Where a row's snapshot comes from, defined once for the insert triggers, backfill_batch and
--- backfill_plan: the offer's (an ad_event's offer), else the population's for (me_file, band)
--- (a legacy population without one gets what the backfill will give it: built), else built for
--- (me_file, band) ({"tags": []} when nothing matches). A value not in snapshot shape counts as
--- none. The insert triggers refuse what the backfill must accept of legacy rows: a new offer
--- needs a population, a new ad_event an offer, a population or at least an existing band.
--- p_build false: say where from, without building (a dry run).
+-- backfill_plan: an ad_event's offer's (a legacy offer without one: what the backfill will give
+-- that offer); else the population's for (me_file, band) (a legacy population without one: what
+-- the backfill will give it, built); else built for (me_file, band) ({"tags": []} when nothing
+-- matches). A value not in snapshot shape counts as none. The insert triggers refuse what the
+-- backfill must accept of legacy rows: a new offer needs a population, a new ad_event an
+-- offer, a population or at least an existing band.
 -- A set-returning function (one row) so that callers' statements inline it.
 CREATE OR REPLACE FUNCTION pgsnap.inherited_snapshot(
     p_offer_id bigint, p_me_file_id bigint, p_target_band_id bigint, p_build boolean DEFAULT true)
@@ -15,31 +15,29 @@ RETURNS TABLE (source text, snapshot jsonb)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH offer AS (
-        SELECT o.matching_tags_snapshot AS s FROM public.offers o
-         WHERE o.id = p_offer_id AND pgsnap.snapshot_shape_ok(o.matching_tags_snapshot)
+        SELECT o.me_file_id, o.target_band_id,
+               CASE WHEN pgsnap.snapshot_shape_ok(o.matching_tags_snapshot) THEN o.matching_tags_snapshot END AS s
+          FROM public.offers o
+         WHERE o.id = p_offer_id
+    ),
+    subject AS (   -- whose population and tags count: the offer's, else the row's own
+        SELECT coalesce((SELECT o.me_file_id FROM offer o), p_me_file_id) AS me_file_id,
+               CASE WHEN EXISTS (SELECT 1 FROM offer) THEN (SELECT o.target_band_id FROM offer o)
+                    ELSE p_target_band_id END AS band_id
     ),
     population AS (
-        SELECT tp.matching_tags_snapshot AS s FROM public.target_populations tp
-         WHERE tp.me_file_id = p_me_file_id AND tp.target_band_id = p_target_band_id
-    ),
-    chosen AS (
-        SELECT CASE WHEN EXISTS (SELECT 1 FROM offer) THEN 'offer'
-                    WHEN EXISTS (SELECT 1 FROM population) THEN 'population'
-                    ELSE 'built'
-               END AS source
+        SELECT CASE WHEN pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot) THEN tp.matching_tags_snapshot END AS s
+          FROM public.target_populations tp, subject x
+         WHERE tp.me_file_id = x.me_file_id AND tp.target_band_id = x.band_id
     )
-    SELECT c.source,
-           CASE c.source
-               WHEN 'offer' THEN (SELECT o.s FROM offer o)
-               WHEN 'population' THEN coalesce(
-                   (SELECT p.s FROM population p WHERE pgsnap.snapshot_shape_ok(p.s)),
-                   CASE WHEN p_build THEN pgsnap.build_snapshot(p_me_file_id, p_target_band_id) END)
-               WHEN 'built' THEN CASE WHEN p_build THEN pgsnap.build_snapshot(p_me_file_id, p_target_band_id) END
-           END
-      FROM chosen c;
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM offer) THEN 'offer'
+                WHEN EXISTS (SELECT 1 FROM population) THEN 'population'
+                ELSE 'built' END,
+           coalesce((SELECT o.s FROM offer o), (SELECT p.s FROM population p),
+                    CASE WHEN p_build THEN (SELECT pgsnap.build_snapshot(x.me_file_id, x.band_id) FROM subject x) END);
 END;
 COMMENT ON FUNCTION pgsnap.inherited_snapshot(bigint, bigint, bigint, boolean) IS
-    'The snapshot a new or legacy offer/ad_event takes, and its source: offer, population, built (NULL: none).';
+    'The snapshot a new or legacy offer/ad_event takes, and its source: offer, population or built.';
 
 CREATE OR REPLACE FUNCTION pgsnap._offer_snapshot()
 RETURNS trigger
