@@ -130,7 +130,8 @@ def test_ad_event_without_an_offer_takes_the_populations(world):
 def test_ad_event_without_offer_or_population_is_built(world):
     conn = world
     add_ad_event(conn, 1, None, h.M4, h.B1)   # M4 is in no band of T1
-    assert event_snapshot(conn, 1) == h.snapshot([h.HOME_ZIP, "Home Zip Code", 1, [[h.ZIP_02140, "02140", 2140]]])
+    assert event_snapshot(conn, 1) == h.snapshot(
+        [h.HOME_ZIP, "Home Zip Code", 1, [[h.ZIP_02140, "02140", 2140]]])
     assert event_snapshot(conn, 1) == h.build_snapshot(conn, h.M4, h.B1)
 
 
@@ -150,8 +151,10 @@ def test_ad_event_under_a_legacy_offer_without_snapshot_gets_what_the_offer_will
 
 
 @pytest.mark.parametrize("offer, me_file, band, shown", [
-    (None, None, None, "no offer NULL with one, and no me_file and band to build it from (me_file NULL, band NULL)"),
-    (999, h.M1, 999, "no offer 999 with one, and no me_file and band to build it from (me_file 1, band 999)"),
+    (None, None, None,
+     "no offer NULL with one, and no me_file and band to build it from (me_file NULL, band NULL)"),
+    (999, h.M1, 999,
+     "no offer 999 with one, and no me_file and band to build it from (me_file 1, band 999)"),
 ])
 def test_ad_event_with_nothing_to_take_a_snapshot_from_is_rejected(world, offer, me_file, band, shown):
     conn = world

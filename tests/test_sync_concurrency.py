@@ -350,10 +350,10 @@ def test_populate_batch_waits_for_an_in_flight_sync(conn, new_conn):
     assert_targets_exact(conn, [T1])
 
 
-def test_populate_start_waits_for_an_in_flight_sync(conn, new_conn):
-    """A sync of a populated target is held mid-write; a populate of that target
-    started meanwhile waits for it (status change under the target lock) and
-    then ends with the fresh rows."""
+def test_repopulate_waits_for_an_in_flight_sync(conn, new_conn):
+    """A sync of a populated target is held mid-write; a populate of that target started
+    meanwhile marks it populating, then its batch waits for the sync (M2's slot) and computes
+    from the committed tags."""
     seed_worked_example(conn)
     populate(conn, T1)
     execute(conn, GATES)
@@ -366,28 +366,11 @@ def test_populate_start_waits_for_an_in_flight_sync(conn, new_conn):
     populator_conn = new_conn()
     populator = Runner(populate, populator_conn, T1, 1)
     populator.start()
-    wait_until_blocked(conn, populator_conn.info.backend_pid, "populate start", ADVISORY)
-    assert target_status(conn, T1)[0] == "populated"
+    wait_until_blocked(conn, populator_conn.info.backend_pid, "the batch of M1 and M2", ADVISORY)
+    assert target_status(conn, T1)[0] == "populating"
     execute(conn, "SELECT pg_advisory_unlock(2)")
     tagging.finish()
     populator.finish()
-    assert populations(conn, T1)[M2] == M2_IN_B1
-    assert populations(conn, T1) == Model.load(conn).populations(T1)
-    assert_targets_exact(conn, [T1])
-
-
-def test_tag_change_during_populate_inside_a_transaction(conn, new_conn):
-    """populate_target inside a caller's transaction holds the target until COMMIT:
-    a concurrent tag change waits, then syncs against the committed population."""
-    seed_worked_example(conn)
-    caller = new_conn(autocommit=False)
-    populate(caller, T1)
-    tagger = new_conn()
-    tagging = Runner(tag, tagger, M2, HIKING, "Hiking")
-    tagging.start()
-    wait_until_blocked(conn, tagger.info.backend_pid, "the sync of M2")
-    caller.commit()
-    tagging.finish()
     assert populations(conn, T1)[M2] == M2_IN_B1
     assert populations(conn, T1) == Model.load(conn).populations(T1)
     assert_targets_exact(conn, [T1])
