@@ -30,7 +30,8 @@ WRITE = ("me_files", "me_file_tags", "offers", "ad_events")
 CONTRACT = ("build_snapshot(bigint,bigint)", "band_for(bigint,bigint)", "sync_me_file(bigint)",
             "launch_campaign(bigint)", "snapshot_health()")
 HELPERS = ("memberships(bigint[])", "snapshots(bigint[],bigint[])", "lock_key(text)",
-           "inherited_snapshot(bigint,bigint,bigint,boolean)", "snapshot_shape_ok(jsonb)", "_launch_blocker(bigint)")
+           "inherited_snapshot(bigint,bigint,bigint,boolean)", "snapshot_shape_ok(jsonb)",
+           "_launch_blocker(bigint)")
 
 # The model, whole: every privilege the application role holds on any object of the database.
 MODEL = (
@@ -353,7 +354,8 @@ def test_grant_refuses_a_role_it_cannot_restrict(world, roles, cli, kind):
         role = roles()
         owner = role if kind == "owner of the database" else owner_role
         if kind == "member of the database owner":
-            h.execute(world, sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner_role), sql.Identifier(role)))
+            h.execute(world, sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner_role),
+                                                              sql.Identifier(role)))
         h.execute(world, sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
             sql.Identifier(h.value(world, "SELECT current_database()")), sql.Identifier(owner)))
         expected = (f'role "{role}" owns the database (it is or belongs to {owner}): '
@@ -412,7 +414,8 @@ def test_security_definer_routines_run_as_a_role_without_power(conn):
 
 @pytest.mark.parametrize("statement, message", [
     ("DROP TABLE public.target_populations", "must be owner of table target_populations"),
-    ("ALTER TABLE public.me_file_tags DISABLE TRIGGER me_file_tags_sync_insert", "must be owner of table me_file_tags"),
+    ("ALTER TABLE public.me_file_tags DISABLE TRIGGER me_file_tags_sync_insert",
+     "must be owner of table me_file_tags"),
     ("CREATE TABLE pgsnap.planted (x int)", "permission denied for schema pgsnap"),
     ("CREATE TABLE public.planted (x int)", "permission denied for schema public"),
     ("UPDATE public.offers SET offer_amt = 0", "permission denied for table offers"),
