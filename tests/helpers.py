@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,26 @@ def value(conn, query: str, params: Sequence[Any] | dict | None = None) -> Any:
 def execute(conn, query: str, params: Sequence[Any] | dict | None = None) -> None:
     with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(query, params)
+
+
+def db_state(conn, schemas=("public", "pgsnap")) -> dict[str, list[str]]:
+    """Every row of every table of `schemas` (yoyo's tables included), as sorted JSON texts."""
+    tables = rows(conn, "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
+                          " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                          " WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY (%s) ORDER BY 1",
+                    (list(schemas),))
+    return {t: sorted(r[0] for r in rows(conn, f"SELECT pg_catalog.to_jsonb(x)::text FROM {t} x"))
+            for (t,) in tables}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Poll `predicate` (an observable state: a row, a lock, a log line) until it holds. The
+    timeout only turns a hang into a failure; nothing relies on how long it takes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------

@@ -254,13 +254,15 @@ def test_bad_max_batches_is_refused(conn, max_batches):
 
 def test_cli_bad_sizes(cli):
     for args, message in [
-        (("--batch-size", "0"), "batch size must be a positive integer, got 0"),
-        (("--batch-size", "-3"), "batch size must be a positive integer, got -3"),
-        (("--max-batches", "0"), "max batches must be a positive integer, got 0"),
-        (("--band", "1", "--batch-size", "0"), "batch size must be a positive integer, got 0"),
+        (("--batch-size", "0"), "Invalid value for '--batch-size': 0 is not in the range x>=1"),
+        (("--batch-size", "-3"), "Invalid value for '--batch-size': -3 is not in the range x>=1"),
+        (("--max-batches", "0"), "Invalid value for '--max-batches': 0 is not in the range x>=1"),
+        (("--band", "1", "--batch-size", "0"),
+         "Invalid value for '--batch-size': 0 is not in the range x>=1"),
     ]:
         result = cli("backfill", *args)
-        assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {message}\n"), args
+        assert (result.exit_code, result.stdout, result.stderr) == (
+            2, "", f"error: {message} (see `pgsnap backfill --help`)\n"), args
 
 
 # -- concurrency -------------------------------------------------------------------------------
@@ -429,7 +431,7 @@ def test_backfill_band_of_unknown_band(conn, cli):
     assert refused.value.diag.message_primary == "target band 999 does not exist"
     result = cli("backfill", "--band", "999")
     assert (result.exit_code, result.stdout, result.stderr) == (
-        1, "", "error: target band 999 does not exist\n")
+        2, "", "error: target band 999 does not exist\n")
 
 
 def _deleted_band_seed(conn):

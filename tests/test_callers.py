@@ -25,7 +25,8 @@ import time
 
 import psycopg
 import pytest
-from helpers import (
+
+from tests.helpers import (
     ADVISORY,
     CHESS,
     FEMALE,

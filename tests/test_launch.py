@@ -156,7 +156,7 @@ def test_cli_launch(world, cli):
     assert (again.exit_code, again.stdout, again.stderr) == (0, f"campaign {C1}: 0 offers created\n", "")
     unknown = cli("launch", 999)
     assert (unknown.exit_code, unknown.stdout, unknown.stderr) == (
-        1, "", "error: P0002: campaign 999 does not exist\n")
+        2, "", "error: P0002: campaign 999 does not exist\n")
     bad = cli("launch", "abc")
     assert bad.exit_code == 2 and "'abc' is not a valid integer" in bad.stderr
 

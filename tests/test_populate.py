@@ -18,7 +18,8 @@ import time
 
 import psycopg
 import pytest
-from helpers import (
+
+from tests.helpers import (
     B1,
     B2,
     B3,

@@ -16,10 +16,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgsnap import deploy
+from pgsnap import deploy, resources
 from tests import helpers as h
 from tests.legacy_data import add_bid, add_campaign
-from tests.test_bad_input import db_state
 
 PASSWORD = "app-secret"
 C1, C2 = 1, 2
@@ -254,11 +253,11 @@ def test_app_role_is_refused(world, app, statement, sqlstate, message):
     h.execute(world, "INSERT INTO offers (campaign_id, me_file_id, target_band_id, offer_amt)"
                      " VALUES (%s, %s, %s, 1)", (C1, h.M1, h.B1))  # rows for the updates to hit
     h.execute(world, "INSERT INTO ad_events (offer_id, event_type) SELECT id, 'x' FROM offers")
-    before = db_state(world)
+    before = h.db_state(world)
     with pytest.raises(psycopg.Error) as refused:
         h.execute(app, statement)
     assert (refused.value.sqlstate, refused.value.diag.message_primary) == (sqlstate, message)
-    assert db_state(world) == before
+    assert h.db_state(world) == before
 
 
 # -- the grant ----------------------------------------------------------------------------------
@@ -294,7 +293,7 @@ def test_role_name_is_quoted_as_an_identifier(world, roles, as_role, cli):
 
 
 def test_redeploy_keeps_the_grants_and_closes_new_routines_to_public(world, app, app_role, roles, tmp_path):
-    for path in deploy.sql_dir().glob("*.sql"):
+    for path in resources.sql_dir().glob("*.sql"):
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "55_new.sql").write_text(
         "CREATE OR REPLACE FUNCTION pgsnap.brand_new() RETURNS int LANGUAGE sql"
@@ -319,11 +318,11 @@ def test_public_runs_no_pgsnap_routine(conn, roles):
 
 
 def test_grant_to_an_unknown_role_names_it_and_grants_nothing(world, cli):
-    before = db_state(world)
+    before = h.db_state(world)
     result = cli("grant", "--app-role", "no_such_role")
-    assert (result.exit_code, result.stdout) == (1, "")
+    assert (result.exit_code, result.stdout) == (2, "")
     assert result.stderr == 'error: 42704: role "no_such_role" does not exist\n'
-    assert db_state(world) == before
+    assert h.db_state(world) == before
 
 
 KINDS = ["superuser", "CREATEROLE", "BYPASSRLS", "member of the tables' owner", "owner of the database",

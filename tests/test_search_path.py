@@ -27,7 +27,6 @@ from psycopg import sql
 
 from tests import helpers as h
 from tests.legacy_data import add_campaign, legacy_database
-from tests.test_bad_input import db_state
 
 APP_TABLES = h.APP_TABLES
 HOSTILE_PATHS = ["evil, public", "evil, pg_catalog, public"]
@@ -185,7 +184,7 @@ def state(conn) -> dict[str, list]:
     temp = h.value(conn, "SELECT (SELECT nspname FROM pg_catalog.pg_namespace"
                          "         WHERE oid = pg_catalog.pg_my_temp_schema())")
     result = {}
-    for table, texts in db_state(conn, ("public", "pgsnap", "evil", *([temp] if temp else []))).items():
+    for table, texts in h.db_state(conn, ("public", "pgsnap", "evil", *([temp] if temp else []))).items():
         found = []
         for text in texts:
             row = json.loads(text)

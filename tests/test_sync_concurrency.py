@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
-from helpers import (
+
+from tests.helpers import (
     ADVISORY,
     B1,
     B3,
