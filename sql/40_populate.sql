@@ -128,7 +128,8 @@ END;
 CREATE OR REPLACE FUNCTION pgsnap._populate_batch(
     p_target_id bigint, p_from bigint, p_to bigint, p_rebuild boolean,
     p_source_target_id bigint, p_source_bands bigint[], p_bands bigint[],
-    OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint, OUT skipped bigint[])
+    OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint, OUT skipped bigint[],
+    OUT built bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -142,7 +143,7 @@ DECLARE
     v_nfiles  bigint[];   -- the (me_file, band) pairs whose snapshot must be built
     v_nbands  bigint[];
 BEGIN
-    inserted := 0; moved := 0; refreshed := 0; deleted := 0;
+    inserted := 0; moved := 0; refreshed := 0; deleted := 0; built := 0;
     PERFORM pg_advisory_xact_lock_shared(pgsnap._slot_space(), s) FROM pgsnap._slots(p_from, p_to) AS s;
 
     IF p_source_target_id IS NULL THEN
@@ -207,6 +208,7 @@ BEGIN
     IF v_files IS NULL THEN
         RETURN;   -- nothing differs
     END IF;
+    built := coalesce(cardinality(v_nfiles), 0);
 
     EXECUTE $q$
         WITH d AS (
@@ -281,7 +283,8 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION pgsnap._populate_batch(bigint, bigint, bigint, boolean, bigint, bigint[], bigint[]) IS
-    'Internal: one populate batch (me_file ids p_from..p_to); counts written and me_files left for a retry.';
+    'Internal: one populate batch (me_file ids p_from..p_to); counts written, me_files left for a retry, '
+    'snapshots built.';
 
 -- Before retrying me_files a batch could not lock: wait for the transactions holding them
 -- (their foreign-key lock, as an insert takes it), holding no slot meanwhile.
@@ -309,9 +312,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(pgsnap.lock_key('target:' || p_target_id));
     UPDATE public.targets SET population_status = 'populated', last_populated_at = now()
      WHERE id = p_target_id;
-    UPDATE public.target_bands b SET population_count = c.population
-      FROM pgsnap.band_counts(p_target_id) c
-     WHERE b.id = c.target_band_id AND b.population_count IS DISTINCT FROM c.population;
+    PERFORM pgsnap._refresh_population_counts(ARRAY[p_target_id]);
     UPDATE pgsnap.target_state s
        SET run_pid = NULL, run_backend_start = NULL, run_started_at = NULL,
            catalogue_hash = p_catalogue_hash,
@@ -339,7 +340,8 @@ COMMENT ON FUNCTION pgsnap._populate_finish(bigint, timestamptz, xid8, bigint, b
 -- The summary of a run, as the final notice's DETAIL and the function's result.
 CREATE OR REPLACE FUNCTION pgsnap._populate_summary(
     p_target_id bigint, p_status text, p_source_target_id bigint, p_batches integer,
-    p_inserted bigint, p_moved bigint, p_refreshed bigint, p_deleted bigint, p_rows bigint, p_seconds numeric)
+    p_inserted bigint, p_moved bigint, p_refreshed bigint, p_deleted bigint, p_rows bigint, p_seconds numeric,
+    p_built bigint)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 BEGIN ATOMIC
@@ -350,7 +352,7 @@ BEGIN ATOMIC
         'source_target_id', p_source_target_id, 'batches', p_batches,
         'inserted', p_inserted, 'moved', p_moved, 'refreshed', p_refreshed, 'deleted', p_deleted,
         'unchanged', greatest(p_rows - p_inserted - p_moved - p_refreshed, 0), 'rows', p_rows,
-        'seconds', round(p_seconds, 3));
+        'snapshots_built', p_built, 'seconds', round(p_seconds, 3));
 END;
 
 CREATE OR REPLACE FUNCTION pgsnap._populate_summary_text(p_summary jsonb)
@@ -394,6 +396,7 @@ DECLARE
     v_mov      bigint := 0;
     v_ref      bigint := 0;
     v_del      bigint := 0;
+    v_built    bigint := 0;
     v_rows     bigint;
     v_summary  jsonb;
 BEGIN
@@ -420,7 +423,7 @@ BEGIN
 
     IF v_run.status = 'not_populated' THEN
         v_summary := pgsnap._populate_summary(p_target_id, 'not_populated', NULL, 0, 0, 0, 0, 0, 0,
-                                              extract(epoch FROM clock_timestamp() - v_t0));
+                                              extract(epoch FROM clock_timestamp() - v_t0), 0);
         PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
         RETURN;
     END IF;
@@ -445,6 +448,7 @@ BEGIN
             PERFORM pgsnap._populate_wait_for(v_left);
             v_ins := v_ins + v_batch.inserted; v_mov := v_mov + v_batch.moved;
             v_ref := v_ref + v_batch.refreshed; v_del := v_del + v_batch.deleted;
+            v_built := v_built + v_batch.built;
             v_batch := pgsnap._populate_batch(p_target_id, (SELECT min(x) FROM unnest(v_left) x),
                                               (SELECT max(x) FROM unnest(v_left) x), v_run.rebuild,
                                               v_run.source_target_id, v_run.source_bands, v_run.bands);
@@ -455,6 +459,7 @@ BEGIN
         v_held := v_held || v_left;
         v_ins := v_ins + v_batch.inserted; v_mov := v_mov + v_batch.moved;
         v_ref := v_ref + v_batch.refreshed; v_del := v_del + v_batch.deleted;
+        v_built := v_built + v_batch.built;
         v_batches := v_batches + 1;
         PERFORM pgsnap._notice(
             format('pgsnap: target %s batch %s/%s', p_target_id, v_batches, greatest(v_total, v_batches)),
@@ -468,7 +473,7 @@ BEGIN
                                       v_ins + v_mov + v_ref + v_del, v_held);
     v_summary := pgsnap._populate_summary(p_target_id, 'populated', v_run.source_target_id, v_batches,
                                           v_ins, v_mov, v_ref, v_del, v_rows,
-                                          extract(epoch FROM clock_timestamp() - v_t0));
+                                          extract(epoch FROM clock_timestamp() - v_t0), v_built);
     PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
     COMMIT;
 END;
@@ -500,7 +505,7 @@ BEGIN
     END LOOP;
     IF v_run.status = 'not_populated' THEN
         v_summary := pgsnap._populate_summary(p_target_id, 'not_populated', NULL, 0, 0, 0, 0, 0, 0,
-                                              extract(epoch FROM clock_timestamp() - v_t0));
+                                              extract(epoch FROM clock_timestamp() - v_t0), 0);
         PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
         RETURN v_summary;
     END IF;
@@ -521,7 +526,7 @@ BEGIN
                                       v_batch.inserted + v_batch.moved + v_batch.refreshed + v_batch.deleted, NULL);
     v_summary := pgsnap._populate_summary(p_target_id, 'populated', v_run.source_target_id, 1,
                                           v_batch.inserted, v_batch.moved, v_batch.refreshed, v_batch.deleted,
-                                          v_rows, extract(epoch FROM clock_timestamp() - v_t0));
+                                          v_rows, extract(epoch FROM clock_timestamp() - v_t0), v_batch.built);
     PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
     RETURN v_summary;
 END;

@@ -221,16 +221,18 @@ END;
 COMMENT ON FUNCTION pgsnap.snapshot_health() IS
     'NULL snapshots and total rows per table (the seed''s three health queries).';
 
--- Starts a run: NULL when another live run holds the backfill (a `skipped` run is recorded).
--- No session-level lock: a run is alive while its session executes it (see _claim_alive).
+-- Starts a run: run_id NULL when another run is active (a `skipped` run is recorded). No
+-- session-level lock: a run is alive while its session executes it (see _claim_alive); the
+-- start itself is serialised by a transaction-level lock, and a start that finds it taken
+-- skips too.
 CREATE OR REPLACE FUNCTION pgsnap._backfill_start(OUT run_id bigint, OUT skipped_run_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock(pgsnap.lock_key('backfill'));   -- starts one at a time
-    IF EXISTS (SELECT 1 FROM pgsnap.backfill_runs r
-                WHERE r.status = 'running' AND pgsnap._claim_alive(r.pid, r.backend_start, r.started_at)) THEN
+    IF NOT pg_try_advisory_xact_lock(pgsnap.lock_key('backfill'))
+       OR EXISTS (SELECT 1 FROM pgsnap.backfill_runs r
+                   WHERE r.status = 'running' AND pgsnap._claim_alive(r.pid, r.backend_start, r.started_at)) THEN
         INSERT INTO pgsnap.backfill_runs (status, finished_at, backend_start)
         VALUES ('skipped', clock_timestamp(), pgsnap._backend_start())
         RETURNING id INTO skipped_run_id;
@@ -355,6 +357,9 @@ BEGIN
         END LOOP;
     END IF;
 
+    IF v_error IS NULL THEN   -- the stored band counts, kept equal to the rows
+        PERFORM pgsnap._refresh_population_counts(NULL);
+    END IF;
     UPDATE pgsnap.backfill_runs r
        SET status = CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop OR v_batches >= p_max_batches
                          THEN 'stopped' ELSE 'succeeded' END,

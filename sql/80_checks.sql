@@ -35,6 +35,22 @@ END;
 COMMENT ON FUNCTION pgsnap.band_counts(bigint) IS
     'Per band of the target: tier and population (each me_file counted once, in its innermost band); exact.';
 
+-- target_bands.population_count (the original's column) refreshed from band_counts, written
+-- only where it differs: after every populate, and by the scheduled job for every maintained
+-- target (NULL: all of them).
+CREATE OR REPLACE FUNCTION pgsnap._refresh_population_counts(p_target_ids bigint[])
+RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+    UPDATE public.target_bands b
+       SET population_count = c.population
+      FROM public.targets t
+     CROSS JOIN LATERAL pgsnap.band_counts(t.id) c
+     WHERE (t.id = ANY (p_target_ids)
+            OR (p_target_ids IS NULL AND t.population_status IN ('populating', 'populated')))
+       AND b.id = c.target_band_id AND b.population_count IS DISTINCT FROM c.population;
+END;
+
 -- Recompute one target from scratch with the one rule (pgsnap.memberships) and the one
 -- builder (pgsnap.snapshots), and diff it against its rows. A not_populated target is not
 -- maintained: its expected population is empty.
@@ -178,7 +194,8 @@ BEGIN
                     || (SELECT string_agg('group ' || x.trait_group_id, ', ' ORDER BY x.trait_group_id)
                           FROM groups x WHERE x.target_band_id = b.target_band_id AND x.via IS NULL)
                WHEN b.target_band_id = p.target_band_id THEN
-                   'picked: satisfied, and first by the rule (' || b.n_groups || ' groups'
+                   'picked: satisfied, and first by the rule (' || b.n_groups
+                   || CASE WHEN b.n_groups = 1 THEN ' group' ELSE ' groups' END
                    || CASE WHEN b.is_bullseye THEN ', bullseye' ELSE '' END || ', band id ' || b.target_band_id || ')'
                ELSE format('satisfied, but band %s comes first: %s', p.target_band_id,
                            CASE WHEN p.n_groups > b.n_groups THEN format('%s groups against %s', p.n_groups, b.n_groups)
