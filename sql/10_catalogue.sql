@@ -106,8 +106,9 @@ COMMENT ON FUNCTION pgsnap._compile(bigint[]) IS
 
 -- Mark maintained targets as needing re-population after a catalogue edit: `membership`
 -- (who belongs where may have changed; launch_campaign waits for the re-population) or
--- `snapshot` (names, orders or parents: only snapshots). The oldest mark's time is kept,
--- the strongest kind wins, the token names the latest editing transaction.
+-- `snapshot` (names, orders or parents: only snapshots). The oldest mark's time and reason are
+-- kept (a membership edit's reason replaces a snapshot edit's), the strongest kind wins, the
+-- token names the latest editing transaction.
 CREATE OR REPLACE FUNCTION pgsnap._mark_stale(p_target_ids bigint[], p_kind text, p_reason text)
 RETURNS void
 LANGUAGE sql
@@ -121,7 +122,9 @@ BEGIN ATOMIC
        SET stale_since = coalesce(s.stale_since, EXCLUDED.stale_since),
            stale_kind = CASE WHEN s.stale_since IS NOT NULL AND s.stale_kind = 'membership'
                              THEN 'membership' ELSE EXCLUDED.stale_kind END,
-           stale_reason = EXCLUDED.stale_reason,
+           stale_reason = CASE WHEN s.stale_since IS NULL
+                                    OR (s.stale_kind = 'snapshot' AND EXCLUDED.stale_kind = 'membership')
+                               THEN EXCLUDED.stale_reason ELSE s.stale_reason END,
            stale_token = EXCLUDED.stale_token;
 END;
 

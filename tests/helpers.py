@@ -648,6 +648,7 @@ class Runner(threading.Thread):
 
 GATES = """
 CREATE TABLE public.test_gate (me_file_id bigint, app text, lock_key bigint);
+GRANT SELECT ON public.test_gate TO PUBLIC;  -- the sync writes as pgsnap_definer
 CREATE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE k bigint;
 BEGIN
