@@ -179,6 +179,9 @@ BEGIN
         TO pgsnap_definer;
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.target_populations TO pgsnap_definer;
     GRANT UPDATE (tier, definition_hash) ON TABLE public.target_bands TO pgsnap_definer;
+    -- row locks (FOR SHARE) on tags need UPDATE on some column: the sync under REPEATABLE READ
+    -- locks the tags it read, to fail on a concurrent change rather than go stale
+    GRANT UPDATE (updated_at) ON TABLE public.me_file_tags TO pgsnap_definer;
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE pgsnap.sync_queue, pgsnap.sync_pending, pgsnap.me_file_syncs,
         pgsnap.target_state, pgsnap.band_traits TO pgsnap_definer;
     GRANT SELECT ON TABLE pgsnap.catalogue_bands, pgsnap.catalogue_band_traits TO pgsnap_definer;

@@ -221,7 +221,7 @@ def test_function_entry_point_works_inside_the_callers_transaction(conn, new_con
     assert {k: v for k, v in summary.items() if k != "seconds"} == {
         "event": "done", "job": "populate", "target_id": T1, "status": "populated", "method": "scanned",
         "source_target_id": None, "batches": 1, "inserted": 3, "moved": 0, "refreshed": 0, "deleted": 0,
-        "unchanged": 0, "rows": 3}
+        "unchanged": 0, "rows": 3, "snapshots_built": 3}
     assert populations(conn, T1) == {} and target_status(conn, T1)[0] == "not_populated"  # not yet
     caller.rollback()
     assert populations(conn, T1) == {} and claim(conn, T1) == []
