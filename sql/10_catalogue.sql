@@ -128,57 +128,94 @@ BEGIN ATOMIC
            stale_token = EXCLUDED.stale_token;
 END;
 
--- The catalogue triggers: one statement trigger per table and event, each naming the
--- targets whose bands the statement touched. SECURITY DEFINER: whoever may edit the
--- catalogue makes pgsnap recompile and mark, without rights on pgsnap's tables. A trigger
--- reads only the transition tables its event has.
-CREATE OR REPLACE FUNCTION pgsnap._catalogue_changed()
+-- The catalogue triggers: statement triggers naming the targets whose bands the statement
+-- touched (one function per table: each reads the transition tables its table has).
+-- SECURITY DEFINER: whoever may edit the catalogue makes pgsnap recompile and mark, without
+-- rights on pgsnap's tables.
+CREATE OR REPLACE FUNCTION pgsnap._catalogue_edited(p_target_ids bigint[], p_what text, p_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_target_ids IS NOT NULL THEN
+        PERFORM pgsnap._compile(p_target_ids);
+        PERFORM pgsnap._mark_stale(p_target_ids, 'membership',
+            format(p_what, array_to_string(ARRAY(SELECT DISTINCT x FROM unnest(p_ids) x ORDER BY 1), ', ')));
+    END IF;
+END;
+$$;
+
+-- trait_group_traits: the bands using the groups whose traits changed
+CREATE OR REPLACE FUNCTION pgsnap._group_traits_changed()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_new     bigint[];   -- ids of the rows the statement wrote: groups or bands
-    v_old     bigint[];
-    v_targets bigint[];
-    v_what    text;
+    v_new bigint[];
+    v_old bigint[];
 BEGIN
-    IF TG_TABLE_NAME = 'trait_group_traits' THEN
-        IF TG_OP <> 'DELETE' THEN SELECT array_agg(DISTINCT x.trait_group_id) INTO v_new FROM new_rows x; END IF;
-        IF TG_OP <> 'INSERT' THEN SELECT array_agg(DISTINCT x.trait_group_id) INTO v_old FROM old_rows x; END IF;
-        SELECT array_agg(DISTINCT b.target_id) INTO v_targets
-          FROM public.target_band_trait_groups bg
-          JOIN public.target_bands b ON b.id = bg.target_band_id
-         WHERE bg.trait_group_id = ANY (v_new || v_old);
-        v_what := 'traits of trait group %s changed';
-    ELSIF TG_TABLE_NAME = 'target_band_trait_groups' THEN
-        IF TG_OP <> 'DELETE' THEN SELECT array_agg(DISTINCT x.target_band_id) INTO v_new FROM new_rows x; END IF;
-        IF TG_OP <> 'INSERT' THEN SELECT array_agg(DISTINCT x.target_band_id) INTO v_old FROM old_rows x; END IF;
-        SELECT array_agg(DISTINCT b.target_id) INTO v_targets
-          FROM public.target_bands b WHERE b.id = ANY (v_new || v_old);
-        v_what := 'trait groups of band %s changed';
-    ELSIF TG_OP = 'UPDATE' THEN   -- target_bands: only what the rule reads (not the title, nor
-                                  -- the tier, definition hash and count pgsnap writes itself)
+    IF TG_OP <> 'DELETE' THEN SELECT array_agg(DISTINCT x.trait_group_id) INTO v_new FROM new_rows x; END IF;
+    IF TG_OP <> 'INSERT' THEN SELECT array_agg(DISTINCT x.trait_group_id) INTO v_old FROM old_rows x; END IF;
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(DISTINCT b.target_id)
+           FROM public.target_band_trait_groups bg
+           JOIN public.target_bands b ON b.id = bg.target_band_id
+          WHERE bg.trait_group_id = ANY (v_new || v_old)),
+        'traits of trait group %s changed', v_new || v_old);
+    RETURN NULL;
+END;
+$$;
+
+-- target_band_trait_groups: the bands whose groups changed
+CREATE OR REPLACE FUNCTION pgsnap._band_groups_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_new bigint[];
+    v_old bigint[];
+BEGIN
+    IF TG_OP <> 'DELETE' THEN SELECT array_agg(DISTINCT x.target_band_id) INTO v_new FROM new_rows x; END IF;
+    IF TG_OP <> 'INSERT' THEN SELECT array_agg(DISTINCT x.target_band_id) INTO v_old FROM old_rows x; END IF;
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(DISTINCT b.target_id) FROM public.target_bands b WHERE b.id = ANY (v_new || v_old)),
+        'trait groups of band %s changed', v_new || v_old);
+    RETURN NULL;
+END;
+$$;
+
+-- target_bands: added, removed, or changed in what the rule reads (the bullseye flag, the
+-- target; not the title, nor the tier, definition hash and count pgsnap writes itself)
+CREATE OR REPLACE FUNCTION pgsnap._bands_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_bands   bigint[];
+    v_targets bigint[];
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
         SELECT array_agg(DISTINCT n.id), array_agg(DISTINCT t.target_id)
-          INTO v_new, v_targets
+          INTO v_bands, v_targets
           FROM new_rows n
           JOIN old_rows o ON o.id = n.id
          CROSS JOIN LATERAL (VALUES (n.target_id), (o.target_id)) AS t(target_id)
          WHERE (o.is_bullseye, o.target_id) IS DISTINCT FROM (n.is_bullseye, n.target_id);
-        v_what := 'band %s changed';
     ELSIF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT x.id), array_agg(DISTINCT x.target_id) INTO v_new, v_targets FROM new_rows x;
-        v_what := 'band %s added';
+        SELECT array_agg(DISTINCT x.id), array_agg(DISTINCT x.target_id) INTO v_bands, v_targets FROM new_rows x;
     ELSE
-        SELECT array_agg(DISTINCT x.id), array_agg(DISTINCT x.target_id) INTO v_old, v_targets FROM old_rows x;
-        v_what := 'band %s removed';
+        SELECT array_agg(DISTINCT x.id), array_agg(DISTINCT x.target_id) INTO v_bands, v_targets FROM old_rows x;
     END IF;
-    IF v_targets IS NOT NULL THEN
-        PERFORM pgsnap._compile(v_targets);
-        PERFORM pgsnap._mark_stale(v_targets, 'membership',
-            format(v_what, array_to_string(ARRAY(SELECT DISTINCT x FROM unnest(v_new || v_old) x ORDER BY 1), ', ')));
-    END IF;
+    PERFORM pgsnap._catalogue_edited(v_targets,
+        CASE TG_OP WHEN 'INSERT' THEN 'band %s added' WHEN 'DELETE' THEN 'band %s removed' ELSE 'band %s changed' END,
+        v_bands);
     RETURN NULL;
 END;
 $$;
@@ -231,15 +268,15 @@ DECLARE
     r record;
 BEGIN
     FOR r IN SELECT * FROM (VALUES
-            ('trait_group_traits', 'INSERT', 'NEW TABLE AS new_rows', '_catalogue_changed'),
-            ('trait_group_traits', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_catalogue_changed'),
-            ('trait_group_traits', 'DELETE', 'OLD TABLE AS old_rows', '_catalogue_changed'),
-            ('target_band_trait_groups', 'INSERT', 'NEW TABLE AS new_rows', '_catalogue_changed'),
-            ('target_band_trait_groups', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_catalogue_changed'),
-            ('target_band_trait_groups', 'DELETE', 'OLD TABLE AS old_rows', '_catalogue_changed'),
-            ('target_bands', 'INSERT', 'NEW TABLE AS new_rows', '_catalogue_changed'),
-            ('target_bands', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_catalogue_changed'),
-            ('target_bands', 'DELETE', 'OLD TABLE AS old_rows', '_catalogue_changed'),
+            ('trait_group_traits', 'INSERT', 'NEW TABLE AS new_rows', '_group_traits_changed'),
+            ('trait_group_traits', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_group_traits_changed'),
+            ('trait_group_traits', 'DELETE', 'OLD TABLE AS old_rows', '_group_traits_changed'),
+            ('target_band_trait_groups', 'INSERT', 'NEW TABLE AS new_rows', '_band_groups_changed'),
+            ('target_band_trait_groups', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_band_groups_changed'),
+            ('target_band_trait_groups', 'DELETE', 'OLD TABLE AS old_rows', '_band_groups_changed'),
+            ('target_bands', 'INSERT', 'NEW TABLE AS new_rows', '_bands_changed'),
+            ('target_bands', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_bands_changed'),
+            ('target_bands', 'DELETE', 'OLD TABLE AS old_rows', '_bands_changed'),
             ('traits', 'UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', '_traits_changed'))
             AS v(tbl, op, refs, fn) LOOP
         -- fixed names only: nothing here comes from input

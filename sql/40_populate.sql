@@ -208,7 +208,7 @@ BEGIN
     IF v_files IS NULL THEN
         RETURN;   -- nothing differs
     END IF;
-    built := coalesce(cardinality(v_nfiles), 0);
+    built := coalesce(cardinality(v_nfiles), 0)::bigint;
 
     EXECUTE $q$
         WITH d AS (

@@ -59,7 +59,7 @@ BEGIN
          WHERE s.me_file_id = ANY (p_me_file_ids) AND s.me_file_id <> ALL (coalesce(v_files, '{}'));
     END IF;
     IF v_files IS NULL THEN
-        RETURN 0;
+        RETURN 0::bigint;
     END IF;
     -- exclusive with populate batches and other syncs of these me_files: the statements below
     -- then see every committed change to them
@@ -79,7 +79,7 @@ BEGIN
           FROM pgsnap.band_traits bt WHERE bt.trait_id = ANY (p_trait_ids);
     END IF;
     IF v_targets IS NULL THEN
-        RETURN 0;
+        RETURN 0::bigint;
     END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         PERFORM pgsnap._sync_check_snapshot(v_files, v_targets);
@@ -88,7 +88,7 @@ BEGIN
       FROM public.targets t
      WHERE t.id = ANY (v_targets) AND t.population_status IN ('populating', 'populated');
     IF v_targets IS NULL THEN
-        RETURN 0;
+        RETURN 0::bigint;
     END IF;
 
     WITH desired AS (

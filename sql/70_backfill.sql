@@ -94,7 +94,7 @@ DECLARE
     v_ids   bigint[];
     v_files bigint[];
     v_bands bigint[];
-    v_n     bigint := 0;
+    v_n     bigint := 0::bigint;
 BEGIN
     IF p_table = 'target_populations' THEN
         SELECT array_agg(tp.id), array_agg(tp.me_file_id), array_agg(tp.target_band_id)
@@ -269,7 +269,7 @@ DECLARE
     v_start    record;
     v_run      bigint;
     v_total    bigint;
-    v_done     bigint := 0;
+    v_done     bigint := 0::bigint;
     v_counts   record;
     v_batches  integer := 0;
     v_stop     boolean := false;
@@ -302,7 +302,7 @@ BEGIN
     v_run := v_start.run_id;
     v_tables := ARRAY(SELECT t FROM unnest(ARRAY['target_populations', 'offers', 'ad_events']) AS t
                        WHERE pgsnap._reshape_pending(t));
-    SELECT coalesce(sum(p.rows), 0) INTO v_total FROM pgsnap.backfill_plan() p;
+    SELECT coalesce(sum(p.rows), 0)::bigint INTO v_total FROM pgsnap.backfill_plan() p;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 

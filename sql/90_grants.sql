@@ -188,7 +188,8 @@ BEGIN
     GRANT EXECUTE ON FUNCTION pgsnap._sync(bigint[], bigint[], boolean),
         pgsnap._sync_check_snapshot(bigint[], bigint[]), pgsnap.memberships(bigint[]),
         pgsnap.snapshots(bigint[], bigint[]), pgsnap._slot(bigint), pgsnap._slot_space(),
-        pgsnap._compile(bigint[]), pgsnap._mark_stale(bigint[], text, text), pgsnap.lock_key(text)
+        pgsnap._compile(bigint[]), pgsnap._mark_stale(bigint[], text, text), pgsnap.lock_key(text),
+        pgsnap._catalogue_edited(bigint[], text, bigint[])
         TO pgsnap_definer;
     -- ALTER ... OWNER needs CREATE on the schema for the new owner: lent for the statement
     GRANT CREATE ON SCHEMA pgsnap TO pgsnap_definer;
