@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from bench.scenarios import SCALES, run
-from pgsnap.cluster import EmbeddedCluster, ExternalServer
+from pgsnap.demo.cluster import EmbeddedCluster, ExternalServer
 from pgsnap.errors import PgsnapError
 
 RESULTS = Path(__file__).resolve().parent / "results"

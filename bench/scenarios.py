@@ -35,7 +35,8 @@ import psycopg
 from psycopg import sql
 
 from bench import peer
-from pgsnap import datagen, deploy
+from pgsnap import deploy
+from pgsnap.demo import datagen
 
 #: every figure a run reports, in order (the test checks the JSON has each)
 FIGURES = ("a_floor", "b_populate", "c_peer", "d_noop_refresh", "e_sync_latency",

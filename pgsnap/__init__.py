@@ -1,12 +1,9 @@
-"""pgsnap: matching-tags snapshots kept by PostgreSQL itself (thin Python driver + CLI)."""
+"""pgsnap: matching-tags snapshots kept by PostgreSQL itself (thin Python driver + CLI).
 
-import os
-from pathlib import Path
+The package by concern: `cli/` (the commands), `deploy` (migrations and `sql/`), `schedule/`
+(pg_cron expressions, pgsnap's scheduler, the job commands), `demo/` (the throwaway cluster,
+generated data, the story), and small modules shared by all of them: `db`, `config`,
+`resources`, `health`, `progress`, `errors`.
+"""
 
 __version__ = "0.1.0"
-
-
-def home() -> Path:
-    """Project root holding `migrations/` and `sql/` (override with env PGSNAP_HOME)."""
-    override = os.environ.get("PGSNAP_HOME")
-    return Path(override).resolve() if override else Path(__file__).resolve().parent.parent

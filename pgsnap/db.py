@@ -3,13 +3,12 @@
 import getpass
 import os
 import re
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pgsnap.errors import PgsnapError
+from pgsnap.errors import Exit, PgsnapError, first_line
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:
@@ -17,10 +16,10 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     try:
         return conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise PgsnapError(f"invalid DSN: {first_line(str(exc))}", exit_code=2) from None
+        raise PgsnapError(f"invalid DSN: {first_line(str(exc))}", Exit.CANNOT_RUN) from None
 
 
-def target(dsn: str) -> str:
+def server_label(dsn: str) -> str:
     """`host:port/dbname` as libpq will resolve it (DSN first, then PG* variables, then defaults)."""
     params = parse_dsn(dsn)
     env = os.environ
@@ -33,11 +32,11 @@ def target(dsn: str) -> str:
 
 def connect(dsn: str, autocommit: bool = True, **kw: Any) -> psycopg.Connection:
     """Open a connection; failures become PgsnapError exit 2 naming the server and the reason."""
-    where = target(dsn)  # also rejects an unparsable DSN before libpq sees it
+    where = server_label(dsn)  # also rejects an unparsable DSN before libpq sees it
     try:
         return psycopg.connect(dsn, autocommit=autocommit, **kw)
     except psycopg.OperationalError as exc:
-        raise PgsnapError(f"cannot connect to {where}: {connect_reason(exc)}", exit_code=2) from None
+        raise PgsnapError(f"cannot connect to {where}: {connect_reason(exc)}", Exit.CANNOT_RUN) from None
 
 
 def connect_reason(exc: BaseException) -> str:
@@ -52,34 +51,6 @@ def connect_reason(exc: BaseException) -> str:
     if re.match(r"[A-Z][a-z]", line):
         line = line[0].lower() + line[1:]
     return line
-
-
-def first_line(text: str) -> str:
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text.strip())
-
-
-def execute_with_notices(
-    conn: psycopg.Connection,
-    query: Any,
-    params: Sequence[Any] | dict[str, Any] | None = None,
-    on_notice: Callable[[str], None] | None = None,
-) -> list[tuple]:
-    """Run a query or `CALL` forwarding each server NOTICE/INFO text to `on_notice`.
-
-    Returns the rows, if the statement produced any. Procedures report their batch progress
-    with RAISE NOTICE; this lets the CLI show it while the CALL runs.
-    """
-
-    def handler(diag: psycopg.errors.Diagnostic) -> None:
-        if on_notice is not None and diag.message_primary:
-            on_notice(diag.message_primary)
-
-    conn.add_notice_handler(handler)
-    try:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-    finally:
-        conn.remove_notice_handler(handler)
 
 
 def _os_user() -> str:

@@ -3,13 +3,30 @@
 Migration markers (in a migration's leading comment block, before the first statement):
 
 * `-- pgsnap: enforce <table>` — a NOT NULL enforcement step. Before the first pending one,
-  `migrate` deploys `sql/`, runs the batched backfill outside any migration transaction and
-  refuses to go on while NULL snapshots remain. It is applied like a `lock` migration.
-* `-- pgsnap: lock <table> [<table> ...]` — a step that takes strong locks on those tables: applied
-  under a short `lock_timeout`, retried with exponential backoff, and reported with the sessions
-  blocking it.
+  `migrate` runs the batched backfill outside any migration transaction and refuses to go on
+  while NULL snapshots remain.
+* `-- pgsnap: lock <table> [<table> ...]` — a step that takes strong locks on those tables
+  (named in the report of the sessions blocking it).
+
+How `migrate` applies the pending migrations:
+
+* Order: dependency order, with every enforcement migration as late as its dependencies allow
+  (a legacy database gets 0001-0004 and any later plain migration, then the backfill, then the
+  enforcement steps).
+* One transaction per step: each run of consecutive plain migrations is applied together with
+  the `sql/` deploy and their yoyo records (`_yoyo_migration`, `_yoyo_log`) in ONE transaction;
+  each enforcement migration likewise with a redeploy of `sql/`. The application never sees a
+  migration without the behaviour it needs, and a crash leaves the old state or the new one,
+  recorded consistently. `-- transactional: false` migrations (yoyo's directive) cannot take
+  part: each is applied alone, then recorded.
+* Every step runs under `lock_timeout` (set with set_config) and is retried with exponential
+  backoff when it times out; the error names the blocking sessions.
+* `--to ID` applies the migrations up to ID in file order. When that stops inside a step,
+  `sql/` may not be deployable yet: it is then left out, and the result says so.
+* The deployed `sql/` is recorded by checksum (`pgsnap.settings` key `sql_checksum`).
 """
 
+import hashlib
 import os
 import re
 import time
@@ -22,18 +39,19 @@ from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 import psycopg
+from psycopg import sql
 from yoyo import exceptions as yoyo_exceptions
 from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
-from yoyo.migrations import Migration, MigrationList
+from yoyo.migrations import Migration, MigrationList, topological_sort
 
-from pgsnap import backfill as safety_net
-from pgsnap import home
+from pgsnap import procedures, resources
 from pgsnap.db import connect, parse_dsn
-from pgsnap.errors import PgsnapError
+from pgsnap.errors import Exit, PgsnapError, describe_db_error
+from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
 
-SNAPSHOT_TABLES = safety_net.TABLES  # the three tables that carry a snapshot
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
+CHECKSUM_KEY = "sql_checksum"
 
 _MARKER = re.compile(r"^\s*--\s*pgsnap:\s*(enforce|lock)\s+([\w.]+(?:[\s,]+[\w.]+)*)\s*$", re.IGNORECASE)
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -44,18 +62,11 @@ Progress = Callable[[int, int], None]  # (snapshots filled so far, NULL snapshot
 Log = Callable[[str], None]
 
 
-# -- locations ---------------------------------------------------------------------------------
-def migrations_dir() -> Path:
-    return home() / "migrations"
-
-
-def sql_dir() -> Path:
-    return home() / "sql"
-
-
+# -- migrations ----------------------------------------------------------------------------------
 def read_migrations(directory: Path | None = None) -> MigrationList:
-    """All migrations in file-name order (`*.rollback.sql` are their undo halves, not migrations)."""
-    return yoyo_read_migrations(str(directory or migrations_dir()))
+    """All migrations in file-name order (`*.rollback.sql` are their undo halves, not migrations);
+    PgsnapError (exit 2) when this pgsnap ships none."""
+    return yoyo_read_migrations(str(directory or resources.migration_files()))
 
 
 @dataclass(frozen=True)
@@ -80,12 +91,81 @@ def marker_of(migration: Migration) -> Marker | None:
     return None
 
 
+def is_enforcement(migration: Migration) -> bool:
+    marker = marker_of(migration)
+    return marker is not None and marker.kind == "enforce"
+
+
 def rollback_path(migration: Migration) -> Path:
     return Path(os.path.splitext(migration.path)[0] + ".rollback.sql")
 
 
+def known_id(migrations: MigrationList, mid: str) -> str:
+    ids = [m.id for m in migrations]
+    if mid not in ids:
+        raise PgsnapError(f"unknown migration {mid}: known migrations are {', '.join(ids) or 'none'}",
+                          Exit.CANNOT_RUN)
+    return mid
+
+
+CREATE_TABLE = re.compile(r'CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE (?:IF NOT EXISTS )?'
+                           r'((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)', re.IGNORECASE)
+
+
+def baseline_tables(migration: Migration) -> list[str]:
+    """The tables a migration creates (for the baseline: the application's tables)."""
+    with open(migration.path, encoding="utf-8") as f:
+        return [name.replace('"', "").removeprefix("public.") for name in CREATE_TABLE.findall(f.read())]
+
+
+def refuse_unadopted(conn: psycopg.Connection, applied: dict[str, datetime] | set[str]) -> None:
+    """A database that holds the application's tables without pgsnap's record of the baseline
+    must be adopted first (`pgsnap adopt`), not migrated over."""
+    baseline = read_migrations()[0]
+    if baseline.id in applied:
+        return
+    existing = [t for (t,) in conn.execute(
+        "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n)"
+        " WHERE to_regclass('public.' || quote_ident(t)) IS NOT NULL ORDER BY n",
+        [baseline_tables(baseline)])]
+    if existing:
+        raise PgsnapError(f"the database already holds the application's tables ({', '.join(existing[:3])}"
+                          f"{', ...' if len(existing) > 3 else ''}) but pgsnap has no record of "
+                          f"{baseline.id}: run `pgsnap adopt` to compare them with it and record it",
+                          Exit.CANNOT_RUN)
+
+
+def execution_order(pending: list[Migration], applied: set[str]) -> list[Migration]:
+    """`pending` in dependency order, each enforcement migration as late as dependencies allow."""
+    done, order, rest = set(applied), [], list(pending)
+    while rest:
+        ready = [m for m in rest if all(d.id in done for d in m.depends)]
+        if not ready:
+            missing = sorted({d.id for m in rest for d in m.depends} - done - {m.id for m in rest})
+            raise PgsnapError(f"cannot apply {rest[0].id}: it depends on {', '.join(missing)}, "
+                              "which is neither applied nor selected", Exit.CANNOT_RUN)
+        chosen = next((m for m in ready if not is_enforcement(m)), ready[0])
+        order.append(chosen)
+        done.add(chosen.id)
+        rest.remove(chosen)
+    return order
+
+
+def steps_of(order: list[Migration]) -> list[list[Migration]]:
+    """Runs of consecutive plain migrations; each enforcement or non-transactional one alone."""
+    steps: list[list[Migration]] = []
+    for m in order:
+        m.load()
+        alone = is_enforcement(m) or not m.use_transactions
+        if alone or not steps or is_enforcement(steps[-1][0]) or not steps[-1][0].use_transactions:
+            steps.append([m])
+        else:
+            steps[-1].append(m)
+    return steps
+
+
 # -- yoyo plumbing -----------------------------------------------------------------------------
-def yoyo_url(dsn: str, extra_options: str | None = None) -> str:
+def yoyo_url(dsn: str) -> str:
     """A `postgresql+psycopg://` URL for yoyo carrying every libpq keyword of the DSN.
 
     Simple user/password/host/port/dbname go in the usual URL places; anything yoyo's URL parser
@@ -93,8 +173,6 @@ def yoyo_url(dsn: str, extra_options: str | None = None) -> str:
     in the query string, which yoyo passes to psycopg.connect() as keyword arguments.
     """
     params = parse_dsn(dsn)
-    if extra_options:
-        params["options"] = f"{params['options']} {extra_options}" if params.get("options") else extra_options
     netloc = path = ""
     user = params.pop("user", None)
     if user is not None:
@@ -110,8 +188,12 @@ def yoyo_url(dsn: str, extra_options: str | None = None) -> str:
 
 
 @contextmanager
-def _backend(url: str):
-    backend = get_backend(url)
+def migration_backend(dsn: str):
+    try:
+        backend = get_backend(yoyo_url(dsn))
+    except psycopg.OperationalError:
+        connect(dsn).close()  # the same failure, as pgsnap reports it (exit 2)
+        raise
     try:
         yield backend
     finally:
@@ -119,7 +201,7 @@ def _backend(url: str):
 
 
 @contextmanager
-def _migration_lock(backend, wait: float) -> Iterator[None]:
+def migration_lock(backend, wait: float) -> Iterator[None]:
     """yoyo's lock row: a concurrent migrator waits here, then finds nothing left to do."""
     try:
         with backend.lock(timeout=wait):
@@ -130,7 +212,7 @@ def _migration_lock(backend, wait: float) -> Iterator[None]:
         raise PgsnapError(
             f"the migration lock is held by {holder} (another `pgsnap migrate`?) after waiting {wait:g}s; "
             "if none is running any more, remove the stale lock: DELETE FROM yoyo_lock",
-            exit_code=3,
+            Exit.LOCK,
         ) from None
 
 
@@ -144,51 +226,42 @@ def _is_lock_timeout(exc: BaseException | None) -> bool:
     return False
 
 
-def _db_error(exc: psycopg.Error) -> str:
-    primary = exc.diag.message_primary if exc.diag else None
-    return f"{exc.sqlstate}: {primary}" if exc.sqlstate and primary else str(exc).strip().splitlines()[0]
-
-
 # -- what is applied ---------------------------------------------------------------------------
 def applied_migrations(conn: psycopg.Connection) -> dict[str, datetime]:
     """Applied migration ids (UTC, naive, as yoyo stores them) in the order they were applied."""
     if conn.execute("SELECT to_regclass(%s)", [MIGRATION_TABLE]).fetchone()[0] is None:
         return {}
-    rows = conn.execute(
-        f"SELECT migration_id, applied_at_utc FROM {MIGRATION_TABLE} ORDER BY applied_at_utc, migration_id"
-    ).fetchall()
+    rows = conn.execute(sql.SQL("SELECT migration_id, applied_at_utc FROM {}"
+                                " ORDER BY applied_at_utc, migration_id")
+                        .format(sql.Identifier(MIGRATION_TABLE))).fetchall()
     return dict(rows)
 
 
-def status(dsn: str) -> list[tuple[str, datetime | None]]:
+def status(conn: psycopg.Connection) -> list[tuple[str, datetime | None]]:
     """(id, applied_at or None) for every migration this pgsnap knows, in order; then any applied
     ids it does not know (a newer pgsnap's), in the order they were applied."""
-    with connect(dsn) as conn:
-        applied = applied_migrations(conn)
+    applied = applied_migrations(conn)
     known = [m.id for m in read_migrations()]
     return [(mid, applied.get(mid)) for mid in known] + [
         (mid, at) for mid, at in applied.items() if mid not in known
     ]
 
 
-def check_current(conn_or_dsn: psycopg.Connection | str, allow_behind: bool = False) -> None:
+def check_current(conn: psycopg.Connection, allow_behind: bool = False) -> None:
     """Refuse to work on a database this pgsnap does not match (exit 2).
 
     `allow_behind` is for commands that must work mid-journey (e.g. `backfill` before the
     enforcement step); a database that is ahead is always refused.
     """
-    if isinstance(conn_or_dsn, str):
-        with connect(conn_or_dsn) as conn:
-            return check_current(conn, allow_behind)
-    applied = applied_migrations(conn_or_dsn)
+    applied = applied_migrations(conn)
     known = [m.id for m in read_migrations()]
     unknown = [mid for mid in applied if mid not in known]
     if unknown:
         raise PgsnapError(
             f"database is ahead of this pgsnap: it has migration {unknown[0]} unknown to this version; "
-            "upgrade pgsnap", exit_code=2)
+            "upgrade pgsnap", Exit.CANNOT_RUN)
     if not allow_behind and any(mid not in applied for mid in known):
-        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", exit_code=2)
+        raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", Exit.CANNOT_RUN)
 
 
 # -- sql/ ----------------------------------------------------------------------------------------
@@ -196,9 +269,26 @@ def has_pgsnap_schema(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT to_regnamespace('pgsnap') IS NOT NULL").fetchone()[0]
 
 
+def sql_checksum(files: list[Path]) -> str:
+    """sha256 over the file names and contents, in deploy order."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def deployed_checksum(conn: psycopg.Connection) -> str | None:
+    """The checksum recorded by the last deploy (None: never deployed, or no pgsnap schema)."""
+    if conn.execute("SELECT to_regclass('pgsnap.settings') IS NULL").fetchone()[0]:
+        return None
+    row = conn.execute("SELECT value FROM pgsnap.settings WHERE key = %s", [CHECKSUM_KEY]).fetchone()
+    return row[0] if row else None
+
+
 def deploy_sql(conn: psycopg.Connection, directory: Path | None = None,
                lock_timeout: str | None = None) -> list[Path]:
-    """Execute every `sql/*.sql` in name order, in ONE transaction; returns the files deployed.
+    """Execute every `sql/*.sql` in name order, in ONE transaction (a savepoint when the
+    connection is inside one already), and record their checksum; returns the files deployed.
 
     The files are idempotent (CREATE OR REPLACE), so this runs on every migrate. Nothing happens
     before a migration has created schema `pgsnap`. check_function_bodies is off so a function
@@ -206,7 +296,7 @@ def deploy_sql(conn: psycopg.Connection, directory: Path | None = None,
     """
     if not has_pgsnap_schema(conn):
         return []
-    files = sorted((directory or sql_dir()).glob("*.sql"))
+    files = sorted(directory.glob("*.sql")) if directory else resources.sql_files()
     with conn.transaction():
         conn.execute("SET LOCAL check_function_bodies = off")
         if lock_timeout:
@@ -217,22 +307,21 @@ def deploy_sql(conn: psycopg.Connection, directory: Path | None = None,
             except psycopg.Error as exc:
                 if _is_lock_timeout(exc):
                     raise
-                raise PgsnapError(
-                    f"deploying sql/{path.name} failed: {_db_error(exc)}; nothing was deployed") from None
+                raise PgsnapError(f"deploying sql/{path.name} failed: {describe_db_error(exc)}; "
+                                  "nothing was deployed") from None
+        if conn.execute("SELECT to_regclass('pgsnap.settings') IS NOT NULL").fetchone()[0]:
+            conn.execute("INSERT INTO pgsnap.settings (key, value) VALUES (%s, %s)"
+                         " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                         [CHECKSUM_KEY, sql_checksum(files)])
     return files
 
 
 # -- backfill and the NULL check -------------------------------------------------------------------
-def snapshot_health(conn: psycopg.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT table_name, null_snapshots FROM pgsnap.snapshot_health()").fetchall()
-    return {name: int(count) for name, count in rows}
-
-
 def require_no_null_snapshots(conn: psycopg.Connection) -> None:
-    counts = snapshot_health(conn)
+    counts = {table: nulls for table, (nulls, _rows) in snapshot_health(conn).items()}
     remaining = sum(counts.values())
     if remaining:
-        detail = ", ".join(f"{name} {counts.get(name, 0)}" for name in SNAPSHOT_TABLES)
+        detail = ", ".join(f"{name} {n}" for name, n in counts.items())
         raise PgsnapError(
             f"cannot enforce NOT NULL: {remaining} NULL snapshots remain ({detail}); "
             "run `pgsnap backfill`, then `pgsnap migrate`")
@@ -245,6 +334,7 @@ class LockPolicy:
     retries: int = 5
     backoff_base: float = 0.2
     backoff_cap: float = 5.0
+    say: Log = lambda _msg: None  # noqa: E731
 
     def run(self, step: Callable[[], T], conn: psycopg.Connection, tables: tuple[str, ...], what: str) -> T:
         """Run `step` (which must roll itself back on failure); retry it on lock timeouts."""
@@ -256,11 +346,14 @@ class LockPolicy:
                 if not _is_lock_timeout(exc):
                     raise
                 if n + 1 < attempts:
-                    time.sleep(min(self.backoff_base * 2**n, self.backoff_cap))
+                    pause = min(self.backoff_base * 2**n, self.backoff_cap)
+                    self.say(f"could not {what} within lock_timeout {self.timeout}; "
+                             f"retry {n + 1} of {self.retries} in {pause:g}s")
+                    time.sleep(pause)
         raise PgsnapError(
             f"could not {what} after {attempts} attempts (lock_timeout {self.timeout}); "
             f"{_describe_blockers(conn, tables)}; nothing was changed by this step; "
-            "re-run `pgsnap migrate` when it is gone", exit_code=3)
+            "re-run `pgsnap migrate` when it is gone", Exit.LOCK)
 
 
 def _describe_blockers(conn: psycopg.Connection, tables: tuple[str, ...]) -> str:
@@ -290,26 +383,78 @@ def _describe_blockers(conn: psycopg.Connection, tables: tuple[str, ...]) -> str
     return "blocked by " + "; ".join(described)
 
 
-# -- migrate / rollback ------------------------------------------------------------------------------
+# -- migrate ----------------------------------------------------------------------------------------
 @dataclass
 class MigrateResult:
     applied: list[str] = field(default_factory=list)
     backfilled: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None  # set when --no-backfill stopped before an enforcement step
-    sql_files: int = 0  # sql/ files deployed at the end (0: no pgsnap schema yet)
+    sql_files: int = 0  # sql/ files deployed (0: not deployed, e.g. no pgsnap schema yet)
+    sql_skipped: str | None = None  # why sql/ was left out (--to stopped inside a step)
 
 
-def _validate_interval(value: str) -> str:
+def validate_lock_timeout(value: str) -> str:
+    """Offline: a number and an optional unit PostgreSQL understands (`2s`, `500 ms`, `1min`)."""
     if not _INTERVAL.match(value.strip()):
-        raise PgsnapError(f"invalid lock timeout {value!r}: use e.g. 2s, 500ms, 1min", exit_code=2)
+        raise PgsnapError(f"invalid lock timeout {value!r}: use e.g. 2s, 500ms, 1min", Exit.CANNOT_RUN)
     return value.strip()
 
 
-def _known_id(ids: list[str], mid: str) -> str:
-    if mid not in ids:
-        raise PgsnapError(f"unknown migration {mid}: known migrations are {', '.join(ids) or 'none'}",
-                          exit_code=2)
-    return mid
+def _check_lock_timeout_on_server(conn: psycopg.Connection, value: str) -> None:
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [value])
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise PgsnapError(f"invalid lock timeout {value!r}: {exc.diag.message_primary}",
+                          Exit.CANNOT_RUN) from None
+
+
+def _step_tables(step: list[Migration]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t for m in step if (mk := marker_of(m)) for t in mk.tables))
+
+
+def _apply_migration(backend, migration: Migration) -> None:
+    try:
+        migration.process_steps(backend, "apply")
+    except yoyo_exceptions.BadMigration as exc:
+        raise PgsnapError(f"bad migration {migration.id}: {exc}") from None
+    except psycopg.Error as exc:
+        if _is_lock_timeout(exc):
+            raise
+        raise PgsnapError(f"migration {migration.id} failed: {describe_db_error(exc)}") from None
+
+
+def _record(backend, step: list[Migration]) -> None:
+    """yoyo's records of an applied step: `_yoyo_migration` rows and `_yoyo_log` entries."""
+    for m in step:
+        backend.mark_one(m, log=False)
+        backend.log_migration(m, "apply")
+
+
+def _apply_step(backend, step: list[Migration], timeout: str, deploy: str) -> tuple[int, str | None]:
+    """One step in one transaction: its migrations, `sql/` (deploy = "yes", "try" or "no") and
+    the records. Returns (sql/ files deployed, why sql/ was left out)."""
+    conn = backend.connection
+    if not step[0].use_transactions:  # yoyo runs it outside any transaction; record it after
+        _apply_migration(backend, step[0])
+        with backend.transaction():
+            _record(backend, step)
+        return 0, None
+    skipped = None
+    with backend.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [timeout])
+        for m in step:
+            _apply_migration(backend, m)
+        files: list[Path] = []
+        if deploy == "yes":
+            files = deploy_sql(conn)
+        elif deploy == "try":
+            try:
+                files = deploy_sql(conn)  # a savepoint: a failure leaves the migrations in place
+            except PgsnapError as exc:
+                skipped = f"{exc}".replace("; nothing was deployed", "")
+        _record(backend, step)
+    return len(files), skipped
 
 
 def migrate(
@@ -319,94 +464,153 @@ def migrate(
     lock_timeout: str = "2s",
     lock_retries: int = 5,
     on_progress: Progress | None = None,
-    backfill_batch_size: int = 500,
+    backfill_batch_size: int | None = None,
     *,
     log: Log | None = None,
     backoff_base: float = 0.2,
     backoff_cap: float = 5.0,
     lock_wait: float = 600,
 ) -> MigrateResult:
-    """Apply pending migrations in order (up to and including `to`), then deploy `sql/`."""
+    """Apply pending migrations (up to and including `to`), each step with `sql/`, in one
+    transaction each; backfill before the first enforcement step."""
     say = log or (lambda _msg: None)
-    policy = LockPolicy(_validate_interval(lock_timeout), lock_retries, backoff_base, backoff_cap)
+    # everything that can be checked before touching the database
+    policy = LockPolicy(validate_lock_timeout(lock_timeout), lock_retries, backoff_base, backoff_cap, say)
+    if lock_retries < 0:
+        raise PgsnapError(f"lock retries must be 0 or more, got {lock_retries}", Exit.CANNOT_RUN)
+    if backfill_batch_size is not None and backfill_batch_size < 1:
+        raise PgsnapError(f"batch size must be a positive integer, got {backfill_batch_size}",
+                          Exit.CANNOT_RUN)
     migrations = read_migrations()
     ids = [m.id for m in migrations]
-    wanted = set(ids[: ids.index(_known_id(ids, to)) + 1]) if to else set(ids)
-    url = yoyo_url(dsn)
+    wanted = set(ids[: ids.index(known_id(migrations, to)) + 1]) if to else set(ids)
     result = MigrateResult()
-    with connect(dsn) as conn, _backend(url) as backend, _migration_lock(backend, lock_wait):
+    with connect(dsn) as conn:
+        _check_lock_timeout_on_server(conn, policy.timeout)
         check_current(conn, allow_behind=True)  # an older pgsnap must not touch a newer schema
-        pending = [m for m in backend.to_apply(migrations) if m.id in wanted]
-        prepared = False
-        for m in pending:
-            marker = marker_of(m)
-            if marker and marker.kind == "enforce" and not prepared:
-                policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (), "deploy sql/")
-                if not backfill:
-                    result.stopped = (f"stopped before {m.id} (--no-backfill): run `pgsnap backfill`, "
-                                      "then `pgsnap migrate`")
-                    break
-                say("backfilling NULL snapshots")
-                # a recorded run of the safety net, to the end
-                result.backfilled = safety_net.run(conn, backfill_batch_size, on_progress=on_progress).filled
-                require_no_null_snapshots(conn)
-                prepared = True
-            say(f"applying {m.id}")
-            if marker:  # yoyo applies it on a new connection of this URL: lock_timeout goes in the URL
-                guarded = yoyo_url(dsn, f"-c lock_timeout={policy.timeout}")
-                policy.run(lambda m=m, url=guarded: _apply(url, m), conn, marker.tables,
-                           f"lock {marker.what}")
-            else:
-                _apply(backend, m)
-            result.applied.append(m.id)
-        files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (), "deploy sql/")
-        result.sql_files = len(files)
+        refuse_unadopted(conn, applied_migrations(conn))  # before yoyo creates its tables
+        with migration_backend(dsn) as backend, migration_lock(backend, lock_wait):
+            check_current(conn, allow_behind=True)  # again: another migrate may have run meanwhile
+            applied = set(applied_migrations(conn))
+            pending = list(backend.to_apply(migrations))
+            full = steps_of(execution_order(pending, applied))
+            prepared = False  # the backfill ran (or was not needed) before the first enforcement
+            for whole in full:
+                step = [m for m in whole if m.id in wanted]
+                if not step:
+                    continue
+                if is_enforcement(step[0]) and not prepared:
+                    if not result.sql_files:  # sql/ must be current for the backfill
+                        files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
+                                           "deploy sql/")
+                        result.sql_files = len(files)
+                    if not backfill:
+                        result.stopped = (f"stopped before {step[0].id} (--no-backfill): run "
+                                          "`pgsnap backfill`, then `pgsnap migrate`")
+                        break
+                    say("backfilling NULL snapshots")
+                    # a recorded run of the safety net, to the end
+                    def progress(event: procedures.Event) -> None:
+                        if on_progress is not None and event["event"] == "batch":
+                            on_progress(event["done"], event["total"])
+
+                    done = procedures.backfill(conn, backfill_batch_size, on_event=progress)
+                    result.backfilled = {t: int(done[t]) for t in SNAPSHOT_TABLES}
+                    require_no_null_snapshots(conn)
+                    prepared = True
+                for m in step:
+                    say(f"applying {m.id}")
+                mode = "yes" if len(step) == len(whole) else "try"
+                tables = _step_tables(step)
+                what = f"lock {Marker('lock', tables).what}" if tables else f"apply {step[0].id}"
+                files, skipped = policy.run(lambda s=step, d=mode: _apply_step(backend, s, policy.timeout, d),
+                                            conn, tables, what)
+                result.applied += [m.id for m in step]
+                result.sql_files = files or result.sql_files
+                result.sql_skipped = skipped
+            if not result.applied and not result.stopped:
+                files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
+                                   "deploy sql/")
+                result.sql_files = len(files)
     return result
 
 
-def _apply(backend_or_url, migration: Migration) -> None:
-    """Apply one migration (yoyo runs it on a fresh connection of the backend's URL)."""
-    try:
-        if isinstance(backend_or_url, str):
-            with _backend(backend_or_url) as backend:
-                backend.apply_one(migration)
-        else:
-            backend_or_url.apply_one(migration)
-    except yoyo_exceptions.BadMigration as exc:
-        raise PgsnapError(f"bad migration {migration.id}: {exc}") from None
-    except psycopg.Error as exc:
-        if _is_lock_timeout(exc):
-            raise
-        raise PgsnapError(f"migration {migration.id} failed: {_db_error(exc)}") from None
+# -- rollback ----------------------------------------------------------------------------------------
+@dataclass
+class RollbackPlan:
+    migrations: list[str]  # latest first
+    baseline: str
+    dropped: dict[str, int] = field(default_factory=dict)  # rolling back the baseline: table -> rows
+
+    @property
+    def includes_baseline(self) -> bool:
+        return self.baseline in self.migrations
 
 
-def rollback(dsn: str, to: str | None = None, all_: bool = False, *, log: Log | None = None,
-             lock_wait: float = 600) -> list[str]:
-    """Roll back the latest applied migration, everything applied after `to`, or everything."""
+def applied_latest_first(migrations: MigrationList, applied: dict[str, datetime]) -> list[Migration]:
+    """The applied migrations in the order a rollback undoes them (yoyo's: dependents first)."""
+    return list(reversed(list(topological_sort(m for m in migrations if m.id in applied))))
+
+
+def _rollback_targets(migrations: MigrationList, applied: list[Migration], to: str | None,
+                      all_: bool) -> list[Migration]:
+    ids = [m.id for m in migrations]
+    if all_:
+        targets = applied
+    elif to is not None:
+        targets = [m for m in applied if ids.index(m.id) > ids.index(to)]
+    else:
+        targets = applied[:1]
+    unsafe = [m.id for m in targets if not rollback_path(m).exists()]
+    if unsafe:
+        raise PgsnapError(f"cannot roll back {unsafe[0]}: it has no {unsafe[0]}.rollback.sql "
+                          "(not safely reversible); nothing was rolled back")
+    return targets
+
+
+def rollback_plan(dsn: str, to: str | None = None, all_: bool = False) -> RollbackPlan:
+    """What `rollback` would undo (latest first) and, for the baseline, the rows it drops."""
+    migrations = read_migrations()
+    if to is not None:
+        known_id(migrations, to)
+    with connect(dsn) as conn:
+        check_current(conn, allow_behind=True)
+        targets = _rollback_targets(migrations, applied_latest_first(migrations, applied_migrations(conn)),
+                                    to, all_)
+        plan = RollbackPlan([m.id for m in targets], migrations[0].id)
+        if plan.includes_baseline:
+            for table in baseline_tables(migrations[0]):
+                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"public.{table}"]).fetchone()[0]:
+                    plan.dropped[table] = conn.execute(sql.SQL("SELECT count(*) FROM public.{}").format(
+                        sql.Identifier(table))).fetchone()[0]
+    return plan
+
+
+def rollback(dsn: str, to: str | None = None, all_: bool = False, *, expected: list[str] | None = None,
+             log: Log | None = None, lock_wait: float = 600) -> list[str]:
+    """Roll back the latest applied migration, everything applied after `to`, or everything;
+    each migration and its unrecording in one transaction. `expected`: the ids a plan showed;
+    anything else (another session migrated meanwhile) is refused."""
     say = log or (lambda _msg: None)
     migrations = read_migrations()
-    ids = [m.id for m in migrations]
     if to is not None:
-        _known_id(ids, to)
-    with connect(dsn) as conn, _backend(yoyo_url(dsn)) as backend, _migration_lock(backend, lock_wait):
+        known_id(migrations, to)
+    with connect(dsn) as conn, migration_backend(dsn) as backend, migration_lock(backend, lock_wait):
         check_current(conn, allow_behind=True)
-        applied = list(backend.to_rollback(migrations))  # latest first
-        if all_:
-            targets = applied
-        elif to is not None:
-            targets = [m for m in applied if ids.index(m.id) > ids.index(to)]
-        else:
-            targets = applied[:1]
-        unsafe = [m.id for m in targets if not rollback_path(m).exists()]
-        if unsafe:
-            raise PgsnapError(f"cannot roll back {unsafe[0]}: it has no {unsafe[0]}.rollback.sql "
-                              "(not safely reversible); nothing was rolled back")
+        targets = _rollback_targets(migrations, applied_latest_first(migrations, applied_migrations(conn)),
+                                    to, all_)
+        if expected is not None and [m.id for m in targets] != expected:
+            raise PgsnapError("the migrations changed since the plan was shown (another `pgsnap migrate` "
+                              "or `rollback`?); nothing was rolled back: run it again")
         done = []
         for m in targets:
             say(f"rolling back {m.id}")
             try:
-                backend.rollback_one(m)
+                with backend.transaction():
+                    m.process_steps(backend, "rollback")
+                    backend.unmark_one(m, log=False)
+                    backend.log_migration(m, "rollback")
             except psycopg.Error as exc:
-                raise PgsnapError(f"rolling back {m.id} failed: {_db_error(exc)}") from None
+                raise PgsnapError(f"rolling back {m.id} failed: {describe_db_error(exc)}") from None
             done.append(m.id)
     return done

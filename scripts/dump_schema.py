@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `pgsnap` importable from 
     sys.path.insert(0, str(ROOT))
 
 from pgsnap import deploy  # noqa: E402
-from pgsnap.cluster import EmbeddedCluster, find_bindir  # noqa: E402
+from pgsnap.demo.cluster import EmbeddedCluster, find_bindir  # noqa: E402
 
 SCHEMA_FILE = ROOT / "schema" / "pgsnap.schema.sql"
 REFRESH = "make schema"

@@ -22,6 +22,7 @@ pg_cron jobs only run when scheduled from `pg_server.cron_dbname` (not from a cl
 import os
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -30,15 +31,14 @@ from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
 
-import pgsnap
 from pgsnap import deploy
 from pgsnap.cli import main
-from pgsnap.cluster import EmbeddedCluster, ExternalServer
+from pgsnap.demo.cluster import EmbeddedCluster, ExternalServer
 
 # the pid keeps parallel runs against one PGSNAP_TEST_DSN server apart
 TEST_DBNAME = f"pgsnap_test_{os.getpid()}"
 # the project the template is built from, whatever a test later sets PGSNAP_HOME to
-PROJECT_HOME = str(pgsnap.home())
+PROJECT_HOME = str(Path(__file__).resolve().parent.parent)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ SQLSTATE (SQL), and that every table of schemas public and pgsnap is unchanged a
 from __future__ import annotations
 
 import getpass
+import json
 
 import psycopg
 import pytest
@@ -23,16 +24,6 @@ FUTURE = "9999.from-the-future"
 BEHIND = "error: database is behind this pgsnap: run `pgsnap migrate`\n"
 AHEAD = (f"error: database is ahead of this pgsnap: it has migration {FUTURE} unknown to this version; "
          "upgrade pgsnap\n")
-
-
-def db_state(conn, schemas=("public", "pgsnap")) -> dict[str, list[str]]:
-    """Every row of every table of `schemas` (yoyo's tables included), as sorted JSON texts."""
-    tables = h.rows(conn, "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
-                          " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                          " WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY (%s) ORDER BY 1",
-                    (list(schemas),))
-    return {t: sorted(r[0] for r in h.rows(conn, f"SELECT pg_catalog.to_jsonb(x)::text FROM {t} x"))
-            for (t,) in tables}
 
 
 @pytest.fixture
@@ -109,11 +100,11 @@ SQL_ERRORS = [
 
 @pytest.mark.parametrize(("statement", "sqlstate", "message"), SQL_ERRORS, ids=[c[0] for c in SQL_ERRORS])
 def test_contract_function_refuses_bad_input(world, statement, sqlstate, message):
-    before = db_state(world)
+    before = h.db_state(world)
     with pytest.raises(psycopg.Error) as refused:
         h.execute(world, statement)
     assert (refused.value.sqlstate, refused.value.diag.message_primary) == (sqlstate, message)
-    assert db_state(world) == before
+    assert h.db_state(world) == before
 
 
 LOOKUPS = [  # pure lookups: an unknown id is "nothing qualifies", not an error (design.md section 4)
@@ -128,9 +119,9 @@ LOOKUPS = [  # pure lookups: an unknown id is "nothing qualifies", not an error 
 
 @pytest.mark.parametrize(("statement", "expected"), LOOKUPS, ids=[c[0] for c in LOOKUPS])
 def test_lookup_of_unknown_ids_finds_nothing(world, statement, expected):
-    before = db_state(world)
+    before = h.db_state(world)
     assert h.value(world, statement) == expected
-    assert db_state(world) == before
+    assert h.db_state(world) == before
 
 
 MALFORMED = ['{}', '[]', '"tags"', 'null', '42',
@@ -149,12 +140,12 @@ INSERTS = {
 @pytest.mark.parametrize("snapshot", MALFORMED)
 @pytest.mark.parametrize("table", list(INSERTS))
 def test_malformed_explicit_snapshot_is_refused(world, table, snapshot):
-    before = db_state(world)
+    before = h.db_state(world)
     with pytest.raises(psycopg.errors.CheckViolation) as refused:
         h.execute(world, INSERTS[table], (snapshot,))
     assert (refused.value.sqlstate, refused.value.diag.message_primary) == (
         "23514", f'new row for relation "{table}" violates check constraint "{table}_snapshot_shape"')
-    assert db_state(world) == before
+    assert h.db_state(world) == before
 
 
 # -- CLI commands ---------------------------------------------------------------------------------
@@ -162,31 +153,42 @@ def known_migrations() -> str:
     return ", ".join(m.id for m in deploy.read_migrations())
 
 
+def usage(command: str, message: str) -> str:
+    return f"error: {message} (see `pgsnap {command} --help`)"
+
+
 CLI_ERRORS = [
-    # unknown ids
-    (["populate", "999"], 1, "error: P0002: target 999 does not exist"),
-    (["sync", "999"], 1, "error: P0002: me_file 999 does not exist"),
-    (["launch", "999"], 1, "error: P0002: campaign 999 does not exist"),
-    (["launch", "2"], 1, "error: 55000: campaign 2: target 2 is not_populated, not populated"),
-    (["verify", "999"], 2, "error: target 999 does not exist"),
-    (["backfill", "--band", "999"], 1, "error: target band 999 does not exist"),
-    (["backfill", "--band", "999", "--dry-run"], 1, "error: target band 999 does not exist"),
-    (["grant", "--app-role", "no_such_role"], 1, 'error: 42704: role "no_such_role" does not exist'),
-    (["schedule", "run", "--once", "no-such-job"], 1, 'error: no job named "no-such-job"'),
-    (["schedule", "next", "--name", "no-such-job"], 1, 'error: no job named "no-such-job"'),
+    # unknown ids: not found, exit 2 (the SQL's P0002 and 42704, or pgsnap's own lookup)
+    (["populate", "999"], 2, "error: P0002: target 999 does not exist"),
+    (["sync", "999"], 2, "error: P0002: me_file 999 does not exist"),
+    (["launch", "999"], 2, "error: P0002: campaign 999 does not exist"),
+    (["verify", "999"], 2, "error: P0002: target 999 does not exist"),
+    (["backfill", "--band", "999"], 2, "error: target band 999 does not exist"),
+    (["backfill", "--band", "999", "--dry-run"], 2, "error: target band 999 does not exist"),
+    (["grant", "--app-role", "no_such_role"], 2, 'error: 42704: role "no_such_role" does not exist'),
+    (["schedule", "run", "--once", "no-such-job"], 2, 'error: no job named "no-such-job"'),
+    (["schedule", "next", "--name", "no-such-job"], 2, 'error: no job named "no-such-job"'),
     (["migrate", "--to", "9999.nope"], 2, f"error: unknown migration 9999.nope: known migrations are "
                                           f"{known_migrations()}"),
     (["rollback", "--to", "9999.nope"], 2, f"error: unknown migration 9999.nope: known migrations are "
                                            f"{known_migrations()}"),
-    # zero and negative sizes
-    (["populate", "1", "--batch-size", "0"], 2, "error: batch size must be a positive integer, got 0"),
-    (["populate", "--all", "--batch-size", "-1"], 2, "error: batch size must be a positive integer, got -1"),
-    (["backfill", "--batch-size", "0"], 2, "error: batch size must be a positive integer, got 0"),
-    (["backfill", "--batch-size", "-5"], 2, "error: batch size must be a positive integer, got -5"),
-    (["backfill", "--max-batches", "0"], 2, "error: max batches must be a positive integer, got 0"),
-    (["backfill", "--max-batches", "-1"], 2, "error: max batches must be a positive integer, got -1"),
+    # work the database refuses: exit 1
+    (["launch", "2"], 1, "error: 55000: campaign 2: target 2 is not_populated, not populated"),
+    # zero and negative sizes: refused before connecting
+    (["populate", "1", "--batch-size", "0"], 2,
+     usage("populate", "Invalid value for '--batch-size': 0 is not in the range x>=1")),
+    (["populate", "--all", "--batch-size", "-1"], 2,
+     usage("populate", "Invalid value for '--batch-size': -1 is not in the range x>=1")),
+    (["backfill", "--batch-size", "0"], 2,
+     usage("backfill", "Invalid value for '--batch-size': 0 is not in the range x>=1")),
+    (["backfill", "--batch-size", "-5"], 2,
+     usage("backfill", "Invalid value for '--batch-size': -5 is not in the range x>=1")),
+    (["backfill", "--max-batches", "0"], 2,
+     usage("backfill", "Invalid value for '--max-batches': 0 is not in the range x>=1")),
+    (["backfill", "--max-batches", "-1"], 2,
+     usage("backfill", "Invalid value for '--max-batches': -1 is not in the range x>=1")),
     (["backfill", "--band", "1", "--batch-size", "0"], 2,
-     "error: batch size must be a positive integer, got 0"),
+     usage("backfill", "Invalid value for '--batch-size': 0 is not in the range x>=1")),
     # other bad arguments
     (["populate"], 2, "error: give TARGET_ID... or --all (not both)"),
     (["populate", "1", "--all"], 2, "error: give TARGET_ID... or --all (not both)"),
@@ -224,39 +226,36 @@ def cron_jobs(pg_server) -> list[tuple]:
 @pytest.mark.parametrize(("args", "exit_code", "message"), CLI_ERRORS,
                          ids=[" ".join(c[0]) for c in CLI_ERRORS])
 def test_cli_refuses_bad_input_in_one_line(world, cli, pg_server, args, exit_code, message):
-    before, jobs = db_state(world), cron_jobs(pg_server)
+    before, jobs = h.db_state(world), cron_jobs(pg_server)
     result = cli(*args)
     assert (result.exit_code, result.stdout, result.stderr) == (exit_code, "", message + "\n")
-    assert db_state(world) == before
+    assert h.db_state(world) == before
     assert cron_jobs(pg_server) == jobs
 
 
-USAGE_ERRORS = [  # click's own usage errors: exit 2, the usage line, then the error (documented)
-    (["migrate", "--batch-size", "0"], "migrate [OPTIONS]",
-     "Error: Invalid value for '--batch-size': 0 is not in the range x>=1."),
-    (["migrate", "--lock-retries", "-1"], "migrate [OPTIONS]",
-     "Error: Invalid value for '--lock-retries': -1 is not in the range x>=0."),
-    (["schedule", "next", "--count", "0"], "schedule next [OPTIONS]",
-     "Error: Invalid value for '--count': 0 is not in the range 1<=x<=1000."),
-    (["schedule", "run", "--tick", "0"], "schedule run [OPTIONS]",
-     "Error: Invalid value for '--tick': 0.0 is not in the range x>=0.01."),
-    (["demo", "--me-files", "0"], "demo [OPTIONS]",
-     "Error: Invalid value for '--me-files': 0 is not in the range x>=1."),
-    (["sync", "abc"], "sync [OPTIONS] ME_FILE_IDS...",
-     "Error: Invalid value for 'ME_FILE_IDS...': 'abc' is not a valid integer."),
-    (["launch"], "launch [OPTIONS] CAMPAIGN_ID", "Error: Missing argument 'CAMPAIGN_ID'."),
-    (["grant"], "grant [OPTIONS]", "Error: Missing option '--app-role'."),
+USAGE_ERRORS = [  # click's own usage errors: one line, exit 2, pointing at the command's help
+    (["migrate", "--batch-size", "0"], "migrate",
+     "Invalid value for '--batch-size': 0 is not in the range x>=1"),
+    (["migrate", "--lock-retries", "-1"], "migrate",
+     "Invalid value for '--lock-retries': -1 is not in the range x>=0"),
+    (["schedule", "next", "--count", "0"], "schedule next",
+     "Invalid value for '--count': 0 is not in the range 1<=x<=1000"),
+    (["schedule", "run", "--tick", "0"], "schedule run",
+     "Invalid value for '--tick': 0.0 is not in the range x>=0.01"),
+    (["demo", "--me-files", "0"], "demo", "Invalid value for '--me-files': 0 is not in the range x>=1"),
+    (["sync", "abc"], "sync", "Invalid value for 'ME_FILE_IDS...': 'abc' is not a valid integer"),
+    (["launch"], "launch", "Missing argument 'CAMPAIGN_ID'"),
+    (["grant"], "grant", "Missing option '--app-role'"),
 ]
 
 
-@pytest.mark.parametrize(("args", "usage", "error"), USAGE_ERRORS, ids=[" ".join(c[0]) for c in USAGE_ERRORS])
-def test_usage_errors_exit_2(world, cli, args, usage, error):
-    before = db_state(world)
+@pytest.mark.parametrize(("args", "command", "error"), USAGE_ERRORS,
+                         ids=[" ".join(c[0]) for c in USAGE_ERRORS])
+def test_usage_errors_exit_2(world, cli, args, command, error):
+    before = h.db_state(world)
     result = cli(*args)
-    assert (result.exit_code, result.stdout) == (2, "")
-    command = usage.split(" [")[0]
-    assert result.stderr == f"Usage: pgsnap {usage}\nTry 'pgsnap {command} --help' for help.\n\n{error}\n"
-    assert db_state(world) == before
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", usage(command, error) + "\n")
+    assert h.db_state(world) == before
 
 
 # -- invalid DSN ---------------------------------------------------------------------------------
@@ -282,7 +281,10 @@ def bad_dsn_message(dsn: str) -> str:
 @pytest.mark.parametrize("args", EVERY_COMMAND, ids=" ".join)
 def test_invalid_dsn_is_one_line_exit_2(cli, dsn, args):
     result = cli(*args, dsn=dsn, env=NO_PG_ENV)
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", bad_dsn_message(dsn))
+    message = bad_dsn_message(dsn)
+    stdout = (json.dumps({"error": message[len("error: "):-1], "exit_code": 2}) + "\n"
+              if "--json" in args else "")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, stdout, message)
 
 
 @pytest.mark.parametrize("dsn", ["host=/nonexistent port=x", "not a dsn=="])
@@ -316,11 +318,11 @@ def behind(empty_db_dsn, cli):
 @pytest.mark.parametrize("args", CHECKED + BACKFILL, ids=lambda a: " ".join(a))
 def test_database_behind_is_refused_exit_2(behind, cli, args):
     with psycopg.connect(behind) as c:
-        before = db_state(c)
+        before = h.db_state(c)
     result = cli(*args, dsn=behind)
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", BEHIND)
     with psycopg.connect(behind) as c:
-        assert db_state(c) == before
+        assert h.db_state(c) == before
 
 
 def test_database_behind_is_described_not_refused_by_status_and_migrations(behind, cli):
@@ -345,10 +347,10 @@ AHEAD_REFUSED = [["migrate"], ["rollback"], ["backfill"], ["backfill", "--dry-ru
 
 @pytest.mark.parametrize("args", AHEAD_REFUSED, ids=" ".join)
 def test_database_ahead_is_refused_exit_2(ahead, cli, args):
-    before = db_state(ahead)
+    before = h.db_state(ahead)
     result = cli(*args)
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", AHEAD)
-    assert db_state(ahead) == before
+    assert h.db_state(ahead) == before
 
 
 def test_database_ahead_is_described_by_status_and_migrations(ahead, cli):

@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 
 from bench import peer, scenarios
-from pgsnap import datagen, deploy
+from pgsnap import deploy
+from pgsnap.demo import datagen
 from tests.helpers import (
     B1,
     B2,

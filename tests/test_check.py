@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from helpers import (
+
+from pgsnap import deploy
+from tests.helpers import (
     B1,
     B2,
     B3,
@@ -39,8 +41,6 @@ from helpers import (
     untag,
     value,
 )
-
-from pgsnap import deploy
 
 SHAPE_OK = 'every snapshot is {"tags": [...]}'
 TABLES = ("target_populations", "offers", "ad_events")
@@ -297,10 +297,12 @@ def test_check_cannot_connect_exits_2(cli):
 
 def test_check_when_the_check_itself_fails_exits_2(cli, conn):
     execute(conn, "DROP FUNCTION pgsnap.check_invariants()")
+    message = "cannot check: 42883: function pgsnap.check_invariants() does not exist"
     result = cli("check", "--json")
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert result.stderr == "error: cannot check: 42883: function pgsnap.check_invariants() does not exist\n"
+    assert (result.exit_code, json.loads(result.stdout), result.stderr) == (
+        2, {"error": message, "exit_code": 2}, f"error: {message}\n")
+    result = cli("check")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {message}\n")
 
 
 def test_behind_database_cannot_be_checked_but_has_a_status(cli, empty_db_dsn):
@@ -421,7 +423,8 @@ def test_verify_a_not_populated_target_expects_no_rows(cli, conn, healthy):
 
 def test_verify_unknown_target(cli, conn):
     result = cli("verify", "99")
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "error: target 99 does not exist\n")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", "error: P0002: target 99 does not exist\n")
     with pytest.raises(psycopg.errors.NoDataFound) as raised:
         conn.execute("SELECT * FROM pgsnap.verify_target(99)")
     assert raised.value.diag.message_primary == "target 99 does not exist"
@@ -510,3 +513,70 @@ def test_status_names_a_held_migration_lock(cli, conn):
     assert section(cli("status").stdout, "migrations")[1:] == [
         "migration lock held by process 4242 since 2026-01-02 03:04:05 UTC; if no `pgsnap migrate`"
         " is running, it is stale: DELETE FROM yoyo_lock"]
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def scrape(cli) -> dict[tuple[str, tuple], float]:
+    """`pgsnap metrics` parsed by prometheus_client, as {(name, labels): value}; the OpenMetrics
+    parser must accept the same text."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    result = cli("metrics")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.endswith("\n# EOF\n")
+    families = list(text_string_to_metric_families(result.stdout))
+    assert all(f.type == "gauge" and f.documentation for f in families)
+    assert [f.name for f in openmetrics(result.stdout)] == [f.name for f in families]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def by_label(samples: dict, name: str) -> dict[str, float]:
+    """{the one label's value: sample value} of one metric."""
+    return {labels[0][1]: v for (n, labels), v in samples.items() if n == name}
+
+
+ZERO_NULLS = {"target_populations": 0, "offers": 0, "ad_events": 0}
+
+
+def test_metrics_of_a_healthy_database(cli, conn, healthy):
+    samples = scrape(cli)
+    assert by_label(samples, "pgsnap_null_snapshots") == ZERO_NULLS
+    assert by_label(samples, "pgsnap_rows") == {"target_populations": 3, "offers": 3, "ad_events": 1}
+    assert by_label(samples, "pgsnap_targets") == {"populated": 1, "populating": 0, "not_populated": 1}
+    assert samples[("pgsnap_targets_stuck", ())] == 0
+    assert by_label(samples, "pgsnap_check_violations") == {c["check"]: 0 for c in healthy_checks(*healthy)}
+    assert by_label(samples, "pgsnap_backfill_last_run") == {
+        "running": 0, "succeeded": 1, "failed": 0, "skipped": 0, "stopped": 0}
+    age = samples[("pgsnap_backfill_last_success_age_seconds", ())]
+    assert 0 <= age <= value(conn, "SELECT extract(epoch FROM now() - %s)", (healthy[1],))
+    assert len(samples) == 3 + 3 + 3 + 1 + len(healthy_checks(*healthy)) + 1 + 5
+
+
+def test_metrics_follow_the_database(cli, conn, healthy):
+    execute(conn, "ALTER TABLE offers ALTER COLUMN matching_tags_snapshot DROP NOT NULL")
+    execute(conn, "UPDATE offers SET matching_tags_snapshot = NULL WHERE id = (SELECT min(id) FROM offers)")
+    set_target_status(conn, T2, "populating")
+    execute(conn, "UPDATE targets SET populating_since = '2026-01-02T03:04:05Z' WHERE id = %s", (T2,))
+    execute(conn, "DELETE FROM pgsnap.backfill_runs")
+    execute(conn, "INSERT INTO pgsnap.backfill_runs (status, finished_at, error)"
+                  " VALUES ('failed', now(), 'x')")
+    samples = scrape(cli)
+    assert by_label(samples, "pgsnap_null_snapshots") == {**ZERO_NULLS, "offers": 1}
+    assert by_label(samples, "pgsnap_targets") == {"populated": 1, "populating": 1, "not_populated": 0}
+    assert samples[("pgsnap_targets_stuck", ())] == 1
+    assert {k: v for k, v in by_label(samples, "pgsnap_check_violations").items() if v} == {
+        "null_snapshots:offers": 1, "stuck_populating": 1, "last_backfill_failed": 1}
+    assert by_label(samples, "pgsnap_backfill_last_run") == {
+        "running": 0, "succeeded": 0, "failed": 1, "skipped": 0, "stopped": 0}
+    assert ("pgsnap_backfill_last_success_age_seconds", ()) not in samples  # no successful run left
+
+
+def test_metrics_label_values_are_escaped():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgsnap.cli.report import metrics_text
+
+    text = metrics_text([("pgsnap_check_violations", "help", {"check": 'a "b"\\c\nd'}, 2.5)])
+    (family,) = text_string_to_metric_families(text)
+    assert [(s.labels, s.value) for s in family.samples] == [({"check": 'a "b"\\c\nd'}, 2.5)]

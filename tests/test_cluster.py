@@ -14,15 +14,15 @@ import psycopg
 import pytest
 
 import pgsnap
-from pgsnap import cluster
-from pgsnap.cluster import MISSING_BINARIES, EmbeddedCluster
+from pgsnap.demo import cluster
+from pgsnap.demo.cluster import MISSING_BINARIES, EmbeddedCluster
 from pgsnap.errors import PgsnapError
 
 # Runs in a separate interpreter (possibly as another OS user): start, inspect, stop, report.
 SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from pgsnap.cluster import EmbeddedCluster
+from pgsnap.demo.cluster import EmbeddedCluster
 import psycopg
 with EmbeddedCluster() as pg:
     pid = int((pg.datadir / "postmaster.pid").read_text().split()[0])
@@ -167,7 +167,7 @@ def test_sigterm_stops_the_cluster_and_removes_it():
     script = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(pgsnap.__file__).parent.parent)!r})\n"
-        "from pgsnap.cluster import EmbeddedCluster\n"
+        "from pgsnap.demo.cluster import EmbeddedCluster\n"
         "with EmbeddedCluster() as pg:\n"
         "    pid = (pg.datadir / 'postmaster.pid').read_text().split()[0]\n"
         "    print(pg.root, pid, flush=True)\n"

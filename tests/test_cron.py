@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from pgsnap import cron
+from pgsnap.schedule import cron
 
 # pg_cron accepts these, and so does pgsnap.
 ACCEPTED = [

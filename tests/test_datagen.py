@@ -6,7 +6,8 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from pgsnap import datagen, deploy
+from pgsnap import deploy
+from pgsnap.demo import datagen
 from tests.helpers import rows, truncate_app_tables, value
 
 

@@ -10,8 +10,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from yoyo.connections import parse_uri
 
-from pgsnap import deploy
+from pgsnap import deploy, resources
 from pgsnap.errors import PgsnapError
+from tests.helpers import wait_until
 
 FIXTURE_HOME = Path(__file__).resolve().parent / "fixtures" / "home"
 IDS = ["0001.things", "0002.pgsnap-schema", "0003.enforce-things", "0004.things-note"]
@@ -50,8 +51,8 @@ def snap_nullable(dsn) -> str:
 
 
 def test_locations_follow_pgsnap_home(home):
-    assert deploy.migrations_dir() == FIXTURE_HOME / "migrations"
-    assert deploy.sql_dir() == FIXTURE_HOME / "sql"
+    assert resources.migrations_dir() == FIXTURE_HOME / "migrations"
+    assert resources.sql_dir() == FIXTURE_HOME / "sql"
     assert [m.id for m in deploy.read_migrations()] == IDS
 
 
@@ -150,17 +151,25 @@ def test_enforcement_under_lock_gives_up_naming_the_blocker(staged):
 
 
 def test_enforcement_retries_until_the_blocker_is_gone(staged):
+    """The blocker rolls back only once migrate has said it retries; migrate then finishes."""
     blocker = psycopg.connect(staged, autocommit=False)
     blocker.execute("SELECT count(*) FROM things")
-    release = threading.Timer(0.5, blocker.rollback)
-    release.start()
+    said: list[str] = []
+    outcome: list = []
+    migrator = threading.Thread(target=lambda: outcome.append(deploy.migrate(
+        staged, lock_timeout="100ms", lock_retries=50, backoff_base=0.05, backoff_cap=0.2, log=said.append)))
+    migrator.start()
     try:
-        result = deploy.migrate(staged, lock_timeout="100ms", lock_retries=20,
-                                backoff_base=0.05, backoff_cap=0.2)
+        wait_until(lambda: "could not lock table things within lock_timeout 100ms; retry 1 of 50 in 0.05s"
+                   in said, what="a retry")
     finally:
-        release.join()
+        blocker.rollback()
         blocker.close()
+        migrator.join(120)
+    (result,) = outcome
     assert result.applied == IDS[2:]
+    assert said[:2] == ["backfilling NULL snapshots", "applying 0003.enforce-things"]
+    assert said[-1] == "applying 0004.things-note"
     assert snap_nullable(staged) == "NO"
 
 
@@ -192,8 +201,10 @@ def test_rollback_latest_then_down_to_an_id(home, empty_db_dsn, cli):
     assert deploy.rollback(empty_db_dsn) == ["0003.enforce-things"]
     assert applied(empty_db_dsn) == IDS[:2]
     assert snap_nullable(empty_db_dsn) == "YES"
-    result = cli("rollback", "--to", "0001.things", dsn=empty_db_dsn)
-    assert (result.exit_code, result.stdout) == (0, "rolling back 0002.pgsnap-schema\n")
+    result = cli("rollback", "--to", "0001.things", "--yes", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stdout) == (
+        0, "rollback plan: undo 1 migration, latest first\n  0002.pgsnap-schema\n"
+           "rolling back 0002.pgsnap-schema\n")
     assert applied(empty_db_dsn) == IDS[:1]
     assert cli("rollback", "--to", "0001.things", dsn=empty_db_dsn).stdout == "nothing to roll back\n"
 
@@ -314,8 +325,3 @@ def test_yoyo_url_carries_every_libpq_keyword(dsn):
     url = deploy.yoyo_url(dsn)
     assert url.startswith("postgresql+psycopg://")
     assert yoyo_connect_kwargs(url) == conninfo_to_dict(dsn)
-
-
-def test_yoyo_url_merges_extra_options():
-    url = deploy.yoyo_url("dbname=a options='-c search_path=x'", "-c lock_timeout=2s")
-    assert yoyo_connect_kwargs(url)["options"] == "-c search_path=x -c lock_timeout=2s"

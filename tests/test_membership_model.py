@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import (
     B1,
     B2,
     B3,
@@ -55,8 +58,6 @@ from helpers import (
     target_status,
     truncate_app_tables,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 FEMALE_ONLY = snapshot([1, "Sex (Biological)", 1, [[3, "Female", 2]]])
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import add_group, add_me_file, add_target, add_trait, execute, rows, tag, value
 
 from pgsnap import deploy
 from pgsnap.errors import PgsnapError
-from pgsnap.scheduler import Scheduler, leader_pid
+from pgsnap.schedule.scheduler import Scheduler, leader_pid
+from tests.helpers import add_group, add_me_file, add_target, add_trait, execute, rows, tag, value
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def scheduler(dsn: str, clock: FakeClock, **kw) -> Iterator[Scheduler]:
 SUBPROCESS = """
 import logging, sys, time
 from datetime import datetime, timedelta
-from pgsnap.scheduler import run_scheduler
+from pgsnap.schedule.scheduler import run_scheduler
 logging.basicConfig(level=logging.INFO)
 start, t0 = datetime.fromisoformat(sys.argv[2]), time.monotonic()
 sys.exit(run_scheduler(sys.argv[1], tick=0.05, stop_timeout=float(sys.argv[3]),
@@ -418,7 +418,7 @@ def test_run_once_reports_a_failure_with_exit_1(cli, conn):
     assert rows(conn, "SELECT status, return_message FROM pgsnap.job_run_details") == [
         ("failed", "division by zero")]
     missing = cli("schedule", "run", "--once", "nope")
-    assert (missing.exit_code, missing.stderr) == (1, 'error: no job named "nope"\n')
+    assert (missing.exit_code, missing.stderr) == (2, 'error: no job named "nope"\n')
 
 
 # -- pg_cron for real ------------------------------------------------------------------

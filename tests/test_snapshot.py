@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import (
+
+from tests.helpers import (
     B1,
     B2,
     B3,

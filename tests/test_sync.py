@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import (
+
+from tests.helpers import (
     B1,
     B2,
     B3,
@@ -155,11 +156,13 @@ def populated_example(conn):
 
 
 # Counts every write to target_populations: one row per written row, one per
-# statement (a _reconcile call runs one DELETE, one UPDATE and one INSERT).
+# statement (a sync's statement runs one DELETE, one UPDATE and one INSERT). The sync writes
+# as pgsnap_definer: the audit table is open to it.
 AUDIT = """
 CREATE TABLE public.test_tp_audit (
     seq bigint GENERATED ALWAYS AS IDENTITY, level text, op text, row_id bigint, xact xid8
 );
+GRANT INSERT ON public.test_tp_audit TO PUBLIC;
 CREATE FUNCTION public.test_tp_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.test_tp_audit (level, op, row_id, xact)
@@ -178,7 +181,7 @@ CREATE TRIGGER test_tp_audit_statement AFTER INSERT OR UPDATE OR DELETE ON publi
 """
 
 
-# the statements one _reconcile call runs on target_populations (sorted)
+# the statements one sync runs on target_populations (sorted)
 ONE_RECONCILE = ["DELETE", "INSERT", "UPDATE"]
 
 
@@ -892,7 +895,7 @@ def test_cli_sync_again_changes_nothing(conn, cli):
 def test_cli_sync_unknown_me_file_is_one_line_error(conn, cli):
     populated_example(conn)
     result = cli("sync", 999)
-    assert result.exit_code == 1
+    assert result.exit_code == 2   # not found
     assert result.stdout == ""
     assert result.stderr == "error: P0002: me_file 999 does not exist\n"
 
@@ -901,7 +904,7 @@ def test_cli_sync_stops_at_the_first_unknown_me_file(conn, cli):
     """Me_files before the unknown one are synced (and reported), none after it."""
     stale = stale_example(conn)
     result = cli("sync", M2, 999, M1)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stdout == "me_file 2: 1 population rows changed\n"
     assert result.stderr == "error: P0002: me_file 999 does not exist\n"
     assert populations(conn, T1)[M2] == FRESH_T1[M2]

@@ -8,7 +8,7 @@ privileges whatever it held before. Refusals come from the SQL as one line, exit
 
 import click
 
-from pgsnap.cli import App, pass_app
+from pgsnap.cli.app import App, pass_app
 
 
 @click.command()
@@ -21,5 +21,3 @@ def grant(app: App, role: str) -> None:
     conn.execute("SELECT pgsnap.grant_app_role(%s)", [role])
     click.echo(f'role "{role}" has the application privileges (and no others on pgsnap\'s objects)')
 
-
-commands = [grant]

@@ -45,6 +45,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from pgsnap.health import snapshot_health
 
 DEFAULT_ME_FILES = 50_000
 DEFAULT_TARGETS = 10
@@ -415,15 +418,6 @@ WHERE pg_temp.dg_u(%(seed)s, 604, o.id) < 0.25
 ORDER BY o.id, e.n;
 """
 
-_LEGACY_COUNTS = """
-SELECT 'target_populations', count(*), count(*) FILTER (WHERE matching_tags_snapshot IS NULL)
-FROM target_populations
-UNION ALL
-SELECT 'offers', count(*), count(*) FILTER (WHERE matching_tags_snapshot IS NULL) FROM offers
-UNION ALL
-SELECT 'ad_events', count(*), count(*) FILTER (WHERE matching_tags_snapshot IS NULL) FROM ad_events
-"""
-
 _COUNTED_TABLES = ("traits", "trait_groups", "targets", "target_bands", "campaigns", "bids",
                    "me_files", "me_file_tags")
 
@@ -565,13 +559,15 @@ def generate_legacy_rows(
     if analyze:
         _analyze(conn, ("target_populations", "offers", "ad_events", "campaigns"))
     totals = {name: {"rows": rows, "null": nulls}
-              for name, rows, nulls in conn.execute(_LEGACY_COUNTS)}
+              for name, (nulls, rows) in snapshot_health(conn).items()}
     return {"totals": totals, "populations_by_kind": populations, "offers_by_kind": offers}
 
 
 def table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in _COUNTED_TABLES)
-    return dict(conn.execute(sql).fetchall())
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {}, count(*) FROM {}").format(sql.Literal(t), sql.Identifier(t))
+        for t in _COUNTED_TABLES)
+    return dict(conn.execute(query).fetchall())
 
 
 def rows_digest(conn: psycopg.Connection) -> str:
@@ -600,7 +596,7 @@ def _prepare(conn: psycopg.Connection) -> None:
 def _analyze(conn: psycopg.Connection, tables: tuple[str, ...] = _COUNTED_TABLES
              + ("trait_group_traits", "target_band_trait_groups")) -> None:
     for table in tables:
-        conn.execute(f"ANALYZE {table}")
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
 
 
 def _run(conn: psycopg.Connection, script: str, params: dict[str, Any] | None = None) -> None:

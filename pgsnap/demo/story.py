@@ -1,7 +1,8 @@
 """`pgsnap demo`: the whole story on generated data, from a legacy database to `check: healthy`.
 
-Every step is a call into pgsnap's public surface (migrate, populate, launch_campaign, the
-triggers, the backfill job, check_invariants); this module only times the steps and reports.
+Every step is a call into pgsnap's public surface (migrate, `CALL pgsnap.populate_target`,
+launch_campaign, the triggers, `CALL pgsnap.backfill_missing_snapshots`, check_invariants);
+this module only generates the data, times the steps and reports.
 """
 
 import json
@@ -12,13 +13,14 @@ from collections.abc import Callable
 
 import click
 import psycopg
+from psycopg import sql
 
-from pgsnap import backfill, datagen, db, deploy
-from pgsnap.populate import populate
+from pgsnap import db, deploy, procedures
+from pgsnap.demo import datagen
+from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
 from pgsnap.progress import progress
 
 BASELINE = "0001.baseline-schema"
-TABLES = backfill.TABLES
 
 
 class Story:
@@ -39,13 +41,6 @@ class Story:
                     story.steps.append((title, time.monotonic() - self.t0))
 
         return _Step()
-
-
-def null_counts(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    """(NULL snapshots, rows) per table, with plain SQL (works on the legacy schema too)."""
-    return {t: conn.execute(
-        f"SELECT count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*) FROM public.{t}"
-    ).fetchone() for t in TABLES}
 
 
 def tag_change_burst(conn: psycopg.Connection, n: int, seed: int) -> list[float]:
@@ -96,7 +91,7 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
             data = datagen.generate(conn, me_files=me_files, seed=seed)
             legacy = datagen.generate_legacy_rows(conn, data.target_ids[: max(1, len(data.target_ids) // 2)],
                                                   seed=seed)
-            report["nulls_before"] = null_counts(conn)
+            report["nulls_before"] = snapshot_health(conn)
     for t, (nulls, rows) in report["nulls_before"].items():
         echo(f"   {t:<19} {rows:>9} rows, {nulls:>8} NULL snapshots (legacy)")
     report["legacy"] = legacy
@@ -112,9 +107,10 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
             t0, written = time.monotonic(), 0
             for target_id in data.target_ids:
                 with progress(label=f"target {target_id}") as bar:
-                    r = populate(conn, target_id, on_batch=lambda d, t: bar.update(d, t))
-                written += r.inserted + r.moved + r.refreshed
-                echo(f"   {r.summary()}")
+                    r = procedures.populate(conn, target_id, on_event=lambda e: (
+                        e["event"] == "batch" and bar.update(e["batch"], e["batches"])))
+                written += r["inserted"] + r["moved"] + r["refreshed"]
+                echo(f"   {procedures.populate_summary(r)}")
             seconds = time.monotonic() - t0
             report["populate_rows_per_s"] = round(written / seconds) if seconds else None
 
@@ -137,27 +133,26 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
             echo(f"   sync latency per tag change: p50 {q[49]:.2f} ms, p95 {q[94]:.2f} ms")
 
         with story.step("the hourly backfill job, run once"):
-            r = backfill.run(conn)
-            echo(f"   {r.summary()}")
+            echo(f"   {procedures.backfill_summary(procedures.backfill(conn))}")
 
         with story.step("pgsnap check"):
             checks = conn.execute("SELECT check_name, violations FROM pgsnap.check_invariants()"
                                   " ORDER BY check_name").fetchall()
             bad = [(name, v) for name, v in checks if v]
-            report["nulls_after"] = null_counts(conn)
+            report["nulls_after"] = snapshot_health(conn)
             sample = conn.execute(
                 "SELECT tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot"
                 "  FROM public.target_populations tp"
                 " WHERE jsonb_array_length(tp.matching_tags_snapshot -> 'tags') >= 3"
                 " ORDER BY tp.id LIMIT 1").fetchone()
-            counts = {t: conn.execute(f"SELECT count(*) FROM public.{t}").fetchone()[0]
-                      for t in ("me_files", "me_file_tags", *TABLES)}
+            counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM public.{}").format(
+                sql.Identifier(t))).fetchone()[0] for t in ("me_files", "me_file_tags", *SNAPSHOT_TABLES)}
 
     echo("")
     echo("pgsnap demo report")
-    shown = ("me_files", "me_file_tags", *TABLES)
+    shown = ("me_files", "me_file_tags", *SNAPSHOT_TABLES)
     echo("  rows       " + ", ".join(f"{t} {counts.get(t, 0)}" for t in shown))
-    for t in TABLES:
+    for t in SNAPSHOT_TABLES:
         before, after = report["nulls_before"][t][0], report["nulls_after"][t][0]
         echo(f"  NULLs      {t:<19} before {before:>8}   after {after}")
     echo(f"  populate   {report['populate_rows_per_s']} rows/s")

@@ -1,0 +1,157 @@
+"""How `pgsnap migrate` applies migrations: enforcement steps last, each step (its migrations,
+the `sql/` deploy and the yoyo records) in one transaction, the application working at every
+intermediate state, options refused before anything is applied."""
+
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgsnap import deploy
+from scripts.dump_schema import dump_schema
+from tests.helpers import db_state, execute, rows, seed_worked_example, value
+from tests.legacy_data import applied, migration_ids, seed_legacy_journey
+
+IDS = migration_ids()
+BASELINE = "0001.baseline-schema"
+FIXTURE_HOME = Path(__file__).resolve().parent / "fixtures" / "home"
+
+
+def state(dsn: str, skip: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """The whole schema (pg_dump) and every row of public and pgsnap, yoyo's tables included."""
+    with psycopg.connect(dsn) as c:
+        return dump_schema(dsn), {t: r for t, r in db_state(c).items() if t not in skip}
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_before_records(monkeypatch) -> None:
+    """From now on, a "crash" between a step's statements (its migrations and sql/, executed)
+    and its records."""
+    def crash(backend, step):
+        raise Crash(f"crashed after the statements of {[m.id for m in step]}")
+
+    monkeypatch.setattr(deploy, "_record", crash)
+
+
+def legacy(dsn: str) -> str:
+    deploy.migrate(dsn, to=BASELINE)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        seed_legacy_journey(c)
+    return dsn
+
+
+def test_a_crash_before_the_records_leaves_the_legacy_database_exactly_as_it_was(empty_db_dsn, monkeypatch):
+    legacy(empty_db_dsn)
+    before = state(empty_db_dsn)
+    crash_before_records(monkeypatch)
+    with pytest.raises(Crash) as crashed:
+        deploy.migrate(empty_db_dsn)
+    assert str(crashed.value) == ("crashed after the statements of "
+                                  "['0002.pgsnap-schema', '0003.scheduler', '0004.snapshot-checks']")
+    assert state(empty_db_dsn) == before
+    monkeypatch.undo()
+    assert deploy.migrate(empty_db_dsn).applied == IDS[1:]  # nothing half-applied stands in the way
+
+
+def test_a_crash_in_an_enforcement_step_leaves_it_unapplied(empty_db_dsn, monkeypatch):
+    legacy(empty_db_dsn)
+    deploy.migrate(empty_db_dsn, backfill=False)
+    deploy.migrate(empty_db_dsn, to=IDS[4])  # backfill, then 0005
+    before = state(empty_db_dsn, skip=("pgsnap.backfill_runs",))
+
+    crash_before_records(monkeypatch)
+    with pytest.raises(Crash, match=IDS[5]):
+        deploy.migrate(empty_db_dsn)
+    assert state(empty_db_dsn, skip=("pgsnap.backfill_runs",)) == before  # the backfill's run aside
+    assert applied(empty_db_dsn) == IDS[:5]
+
+
+def test_enforcement_steps_come_after_every_plain_migration_they_do_not_depend_on(tmp_path, monkeypatch,
+                                                                                  empty_db_dsn, cli):
+    """A plain migration numbered after the enforcement step (0005, depending on 0002 only)
+    is applied with the first step, before the backfill and the enforcement."""
+    home = tmp_path / "home"
+    shutil.copytree(FIXTURE_HOME, home)
+    (home / "migrations" / "0005.things-extra.sql").write_text(
+        "-- depends: 0002.pgsnap-schema\nALTER TABLE things ADD COLUMN extra text;\n")
+    (home / "sql" / "20_extra.sql").write_text(
+        "CREATE OR REPLACE VIEW pgsnap.extras AS SELECT id, extra FROM public.things;\n")
+    monkeypatch.setenv("PGSNAP_HOME", str(home))
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        "applying 0001.things\napplying 0002.pgsnap-schema\napplying 0005.things-extra\n"
+        "backfilling NULL snapshots\napplying 0003.enforce-things\napplying 0004.things-note\n"
+        "deployed 2 sql/ files\n")
+    assert applied(empty_db_dsn) == ["0001.things", "0002.pgsnap-schema", "0005.things-extra",
+                                     "0003.enforce-things", "0004.things-note"]
+
+
+def test_to_inside_a_step_leaves_out_sql_that_needs_the_rest_of_it(tmp_path, monkeypatch, empty_db_dsn, cli):
+    home = tmp_path / "home"
+    shutil.copytree(FIXTURE_HOME, home)
+    (home / "migrations" / "0005.things-extra.sql").write_text(
+        "-- depends: 0002.pgsnap-schema\nALTER TABLE things ADD COLUMN extra text;\n")
+    (home / "sql" / "20_extra.sql").write_text(
+        "CREATE OR REPLACE VIEW pgsnap.extras AS SELECT id, extra FROM public.things;\n")
+    monkeypatch.setenv("PGSNAP_HOME", str(home))
+    result = cli("migrate", "--to", "0002.pgsnap-schema", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        "applying 0001.things\napplying 0002.pgsnap-schema\n"
+        'sql/ not deployed at this point (deploying sql/20_extra.sql failed: 42703: column "extra" does '
+        "not exist); `pgsnap migrate` without --to deploys it\n")
+    assert applied(empty_db_dsn) == ["0001.things", "0002.pgsnap-schema"]
+    with psycopg.connect(empty_db_dsn) as c:  # the migrations stand, sql/ is not half there
+        assert rows(c, "SELECT proname FROM pg_proc WHERE pronamespace = 'pgsnap'::regnamespace") == []
+        assert deploy.deployed_checksum(c) is None
+    result = cli("migrate", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[0] == "applying 0005.things-extra"
+    with psycopg.connect(empty_db_dsn) as c:
+        assert deploy.deployed_checksum(c) == deploy.sql_checksum(sorted((home / "sql").glob("*.sql")))
+
+
+def app_writes(conn, n: int) -> list[tuple]:
+    """What the legacy application does: a population row without target_id (and with a
+    snapshot), then an offer without a snapshot. Returns the rows written."""
+    execute(conn, "INSERT INTO me_files (id) VALUES (%s)", (100 + n,))
+    execute(conn, "INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)"
+                  " VALUES (1, %s, '{\"tags\": []}')", (100 + n,))
+    execute(conn, "INSERT INTO offers (campaign_id, me_file_id, target_band_id, offer_amt)"
+                  " VALUES (1, %s, 1, 1.00)", (100 + n,))
+    return rows(conn, "SELECT o.me_file_id, o.matching_tags_snapshot FROM offers o WHERE o.me_file_id = %s",
+                (100 + n,))
+
+
+def test_the_application_keeps_working_at_every_intermediate_state(empty_db_dsn, cli):
+    deploy.migrate(empty_db_dsn, to=BASELINE)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as c:
+        seed_worked_example(c)
+        execute(c, "INSERT INTO campaigns (id, target_id, title) VALUES (1, 1, 'c')")
+        assert app_writes(c, 0) == [(100, None)]  # legacy: no snapshot for the offer
+    for n, mid in enumerate(IDS[1:], 1):
+        result = cli("migrate", "--to", mid, dsn=empty_db_dsn)
+        assert (result.exit_code, result.stderr) == (0, ""), mid
+        assert applied(empty_db_dsn) == IDS[: n + 1]
+        with psycopg.connect(empty_db_dsn, autocommit=True) as c:
+            # the offer copies its population's snapshot once sql/ is there (from 0002 on)
+            assert app_writes(c, n) == [(100 + n, {"tags": []})], mid
+            assert value(c, "SELECT target_id FROM target_populations WHERE me_file_id = %s", (100 + n,)) == 1
+
+
+def test_lock_timeout_with_a_space_works_and_a_bad_one_is_refused_before_anything(empty_db_dsn, cli):
+    before = state(empty_db_dsn)
+    for bad, why in [("2 parsecs", "invalid lock timeout '2 parsecs': use e.g. 2s, 500ms, 1min"),
+                     ("99999999999999 d", "invalid lock timeout '99999999999999 d': "
+                                          'invalid value for parameter "lock_timeout": "99999999999999 d"')]:
+        result = cli("migrate", "--lock-timeout", bad, dsn=empty_db_dsn)
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {why}\n")
+        assert state(empty_db_dsn) == before
+    result = cli("migrate", "--lock-timeout", "2 s", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert applied(empty_db_dsn) == IDS
