@@ -2,7 +2,7 @@
 VENV := .venv
 PYTEST_ARGS ?= -q -rfEs
 
-.PHONY: setup test demo lint bench schema
+.PHONY: setup test demo lint bench schema sql-api
 
 setup:
 	@scripts/setup.sh
@@ -23,3 +23,7 @@ bench: setup
 # Rebuild the committed schema dump (schema/pgsnap.schema.sql) after a schema change.
 schema: setup
 	$(VENV)/bin/python scripts/dump_schema.py
+
+# Rebuild the SQL API reference (docs/sql-api.md) from the routines' COMMENT ON.
+sql-api: setup
+	$(VENV)/bin/python scripts/sql_api.py

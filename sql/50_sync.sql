@@ -1,55 +1,150 @@
--- Per-me_file sync (design.md section 4): tag writes and registrations bring
--- the me_file's populations up to date in their own transaction.
+-- Per-me_file sync (docs/rules.md, "Sync"): tag writes bring the me_file's rows up to date in
+-- their own transaction.
 --
--- Row triggers would sync a me_file once per tag and would see a
--- delete-then-insert rewrite half done, so statement triggers only queue the
--- (me_file, trait) pairs, and one deferred constraint trigger per transaction
--- drains the queue at COMMIT: the work runs once per me_file per transaction,
--- set-based, on the final state of its tags.
--- The trigger functions and sync_me_file are SECURITY DEFINER: the application
--- role writes tags but may not write target_populations (or the queue) itself.
+-- Row triggers would sync a me_file once per tag and would see a delete-then-insert rewrite
+-- half done, so statement triggers only queue the (me_file, trait) pairs, and one deferred
+-- constraint trigger per transaction drains the queue at COMMIT: the work runs once per
+-- me_file per transaction, set-based, on the final state of its tags. Pairs whose trait no
+-- band uses are not even queued. The queue tables are UNLOGGED and emptied by the same
+-- transaction: a sync that changes nothing writes no WAL and leaves no row behind.
+-- A registration needs nothing of its own: its tags are queued like any other.
+--
+-- The sync's statements are its own (planned for a few me_files: index lookups on
+-- target_populations (target_id, me_file_id) and me_file_tags (me_file_id)), never shared with
+-- a populate batch. The trigger functions and sync_me_file are SECURITY DEFINER: the
+-- application role writes tags but may not write target_populations or the queue itself.
 
--- Recompute the given me_files in the maintained targets that reference one of
--- the given traits (NULL among them: every maintained target).
-CREATE OR REPLACE FUNCTION pgsnap._sync(p_me_file_ids bigint[], p_trait_ids bigint[])
+-- Under REPEATABLE READ or SERIALIZABLE the sync reads through the transaction's snapshot,
+-- which may predate other writers of the same me_files. Fail with a serialization error
+-- (40001: the application retries) rather than write rows computed from an outdated view when:
+--   * another transaction changed or deleted these me_files' rows or tags (row locks);
+--   * another sync inserted rows for them (pgsnap.me_file_syncs, probed by insert);
+--   * a populate batch or a status change of one of the targets committed (target_state).
+-- Under READ COMMITTED every statement sees the latest commits: nothing to check.
+CREATE OR REPLACE FUNCTION pgsnap._sync_check_snapshot(p_me_file_ids bigint[], p_target_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM public.target_populations tp
+     WHERE tp.target_id = ANY (p_target_ids) AND tp.me_file_id = ANY (p_me_file_ids)
+       FOR SHARE;
+    PERFORM 1 FROM public.me_file_tags t WHERE t.me_file_id = ANY (p_me_file_ids) FOR SHARE;
+    INSERT INTO pgsnap.me_file_syncs (me_file_id, synced_by)
+    SELECT f, pg_current_xact_id() FROM unnest(p_me_file_ids) AS f
+    ON CONFLICT (me_file_id) DO NOTHING;
+    INSERT INTO pgsnap.target_state (target_id)
+    SELECT t.id FROM public.targets t WHERE t.id = ANY (p_target_ids)
+    ON CONFLICT (target_id) DO NOTHING;
+END;
+$$;
+
+-- Recompute the given me_files in the maintained targets whose bands use one of the given
+-- traits (p_all: every target one of their tags or rows is in). Returns rows changed.
+CREATE OR REPLACE FUNCTION pgsnap._sync(p_me_file_ids bigint[], p_trait_ids bigint[], p_all boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_files   bigint[];
     v_targets bigint[];
-    v_counts  record;
+    v_changed bigint;
 BEGIN
-    IF p_me_file_ids IS NULL OR cardinality(p_me_file_ids) = 0 THEN
-        RETURN 0;
+    SELECT array_agg(f.id ORDER BY f.id) INTO v_files FROM public.me_files f WHERE f.id = ANY (p_me_file_ids);
+    IF cardinality(v_files) IS DISTINCT FROM cardinality(p_me_file_ids) THEN
+        -- deleted in this transaction: their rows went with them; so does their marker
+        DELETE FROM pgsnap.me_file_syncs s
+         WHERE s.me_file_id = ANY (p_me_file_ids) AND s.me_file_id <> ALL (coalesce(v_files, '{}'));
     END IF;
-    IF p_trait_ids IS NULL OR array_position(p_trait_ids, NULL) IS NOT NULL THEN
-        SELECT array_agg(t.id ORDER BY t.id) INTO v_targets FROM public.targets t;
+    IF v_files IS NULL THEN
+        RETURN 0::bigint;
+    END IF;
+    -- exclusive with populate batches and other syncs of these me_files: the statements below
+    -- then see every committed change to them
+    PERFORM pg_advisory_xact_lock(pgsnap._slot_space(), s.slot)
+       FROM (SELECT DISTINCT pgsnap._slot(f) AS slot FROM unnest(v_files) AS f) s
+      ORDER BY s.slot;
+
+    IF p_all THEN
+        SELECT array_agg(DISTINCT x.target_id) INTO v_targets
+          FROM (SELECT bt.target_id FROM public.me_file_tags t
+                  JOIN pgsnap.band_traits bt ON bt.trait_id = t.trait_id
+                 WHERE t.me_file_id = ANY (v_files)
+                UNION
+                SELECT tp.target_id FROM public.target_populations tp WHERE tp.me_file_id = ANY (v_files)) x;
     ELSE
-        SELECT array_agg(DISTINCT b.target_id ORDER BY b.target_id) INTO v_targets
-          FROM public.trait_group_traits gt
-          JOIN public.target_band_trait_groups bg ON bg.trait_group_id = gt.trait_group_id
-          JOIN public.target_bands b ON b.id = bg.target_band_id
-         WHERE gt.trait_id = ANY (p_trait_ids);
+        SELECT array_agg(DISTINCT bt.target_id) INTO v_targets
+          FROM pgsnap.band_traits bt WHERE bt.trait_id = ANY (p_trait_ids);
     END IF;
     IF v_targets IS NULL THEN
-        RETURN 0;
+        RETURN 0::bigint;
     END IF;
-    -- Shared with the status change of populate (see _populate_begin); statuses
-    -- are read in the next statement, after any such change has committed.
-    PERFORM pg_advisory_xact_lock_shared(pgsnap.lock_key('target:' || x))
-       FROM unnest(v_targets) AS x ORDER BY x;
-    SELECT array_agg(t.id ORDER BY t.id) INTO v_targets
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM pgsnap._sync_check_snapshot(v_files, v_targets);
+    END IF;
+    SELECT array_agg(t.id) INTO v_targets
       FROM public.targets t
-     WHERE t.id = ANY (v_targets)
-       AND t.population_status IN ('populating', 'populated');
+     WHERE t.id = ANY (v_targets) AND t.population_status IN ('populating', 'populated');
     IF v_targets IS NULL THEN
-        RETURN 0;
+        RETURN 0::bigint;
     END IF;
-    v_counts := pgsnap._reconcile(v_targets, p_me_file_ids, true);
-    RETURN v_counts.inserted + v_counts.moved + v_counts.refreshed + v_counts.deleted;
+
+    WITH desired AS (
+        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
+          FROM pgsnap.memberships(v_targets) m
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
+         WHERE m.me_file_id = ANY (v_files)
+    ),
+    current AS (
+        SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot, tp.inputs_hash
+          FROM public.target_populations tp
+         WHERE tp.target_id = ANY (v_targets) AND tp.me_file_id = ANY (v_files)
+    ),
+    diff AS (
+        SELECT c.id, coalesce(d.target_id, c.target_id) AS target_id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id,
+               d.target_band_id AS band, d.snapshot, d.inputs_hash AS hash
+          FROM desired d
+          FULL JOIN current c ON c.target_id = d.target_id AND c.me_file_id = d.me_file_id
+         WHERE d.me_file_id IS NULL OR c.id IS NULL OR c.target_band_id <> d.target_band_id
+            OR c.matching_tags_snapshot IS DISTINCT FROM d.snapshot OR c.inputs_hash IS DISTINCT FROM d.inputs_hash
+    ),
+    gone AS (
+        DELETE FROM public.target_populations tp USING diff x
+         WHERE tp.id = x.id AND x.band IS NULL
+        RETURNING 1
+    ),
+    changed AS (
+        UPDATE public.target_populations tp
+           SET target_band_id = x.band, matching_tags_snapshot = x.snapshot, inputs_hash = x.hash, updated_at = now()
+          FROM diff x
+         WHERE tp.id = x.id AND x.band IS NOT NULL
+        RETURNING 1
+    ),
+    added AS (
+        -- under REPEATABLE READ a row another transaction inserted meanwhile is a 40001
+        INSERT INTO public.target_populations (target_id, target_band_id, me_file_id, matching_tags_snapshot, inputs_hash)
+        SELECT x.target_id, x.band, x.me_file_id, x.snapshot, x.hash FROM diff x WHERE x.id IS NULL
+        ON CONFLICT (target_id, me_file_id) DO NOTHING
+        RETURNING me_file_id
+    ),
+    marked AS (
+        -- rows this transaction inserted: a REPEATABLE READ sync of the same me_file that
+        -- started earlier cannot see them, but fails on this marker instead
+        INSERT INTO pgsnap.me_file_syncs AS s (me_file_id, synced_by)
+        SELECT DISTINCT a.me_file_id, pg_current_xact_id() FROM added a
+        ON CONFLICT (me_file_id) DO UPDATE SET synced_by = EXCLUDED.synced_by
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM changed) + (SELECT count(*) FROM added)
+           + 0 * (SELECT count(*) FROM marked)
+      INTO v_changed;
+    RETURN v_changed;
 END;
 $$;
+COMMENT ON FUNCTION pgsnap._sync(bigint[], bigint[], boolean) IS
+    'Internal: recompute these me_files in the maintained targets using these traits (p_all: every target they touch).';
 
 CREATE OR REPLACE FUNCTION pgsnap.sync_me_file(p_me_file_id bigint)
 RETURNS integer
@@ -62,7 +157,7 @@ BEGIN
         RAISE EXCEPTION 'me_file % does not exist', coalesce(p_me_file_id::text, 'NULL')
             USING ERRCODE = 'no_data_found';
     END IF;
-    RETURN pgsnap._sync(ARRAY[p_me_file_id], NULL);
+    RETURN pgsnap._sync(ARRAY[p_me_file_id], NULL, true);
 END;
 $$;
 COMMENT ON FUNCTION pgsnap.sync_me_file(bigint) IS
@@ -87,11 +182,6 @@ BEGIN
     SELECT array_agg(DISTINCT q.me_file_id), array_agg(DISTINCT q.trait_id)
       INTO v_files, v_traits
       FROM q;
-    -- me_files deleted in this transaction have no rows left to fix
-    DELETE FROM pgsnap.me_file_syncs s
-     WHERE s.me_file_id = ANY (v_files)
-       AND NOT EXISTS (SELECT 1 FROM public.me_files f WHERE f.id = s.me_file_id);
-    SELECT array_agg(f.id) INTO v_files FROM public.me_files f WHERE f.id = ANY (v_files);
     PERFORM pgsnap._sync(v_files, v_traits);
     RETURN NULL;
 END;
@@ -107,10 +197,12 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO pgsnap.sync_queue (xact, me_file_id, trait_id)
         SELECT DISTINCT pg_current_xact_id(), n.me_file_id, n.trait_id FROM new_rows n
+         WHERE EXISTS (SELECT 1 FROM pgsnap.band_traits bt WHERE bt.trait_id = n.trait_id)
         ON CONFLICT DO NOTHING;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO pgsnap.sync_queue (xact, me_file_id, trait_id)
         SELECT DISTINCT pg_current_xact_id(), o.me_file_id, o.trait_id FROM old_rows o
+         WHERE EXISTS (SELECT 1 FROM pgsnap.band_traits bt WHERE bt.trait_id = o.trait_id)
         ON CONFLICT DO NOTHING;
     ELSE
         -- only changes that can matter: which me_file, which trait, which value
@@ -120,28 +212,10 @@ BEGIN
           JOIN new_rows n ON n.id = o.id
          CROSS JOIN LATERAL (VALUES (o.me_file_id, o.trait_id), (n.me_file_id, n.trait_id))
                AS x(me_file_id, trait_id)
-         WHERE (o.me_file_id, o.trait_id, o.tag_value)
-               IS DISTINCT FROM (n.me_file_id, n.trait_id, n.tag_value)
+         WHERE (o.me_file_id, o.trait_id, o.tag_value) IS DISTINCT FROM (n.me_file_id, n.trait_id, n.tag_value)
+           AND EXISTS (SELECT 1 FROM pgsnap.band_traits bt WHERE bt.trait_id = x.trait_id)
         ON CONFLICT DO NOTHING;
     END IF;
-    IF FOUND THEN
-        INSERT INTO pgsnap.sync_pending (xact) VALUES (pg_current_xact_id())
-        ON CONFLICT DO NOTHING;
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION pgsnap._sync_enqueue_me_files()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO pgsnap.sync_queue (xact, me_file_id, trait_id)
-    SELECT pg_current_xact_id(), n.id, NULL FROM new_rows n
-    ON CONFLICT DO NOTHING;
     IF FOUND THEN
         INSERT INTO pgsnap.sync_pending (xact) VALUES (pg_current_xact_id())
         ON CONFLICT DO NOTHING;
@@ -162,10 +236,6 @@ CREATE OR REPLACE TRIGGER me_file_tags_sync_delete
     AFTER DELETE ON public.me_file_tags
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._sync_enqueue_tags();
-CREATE OR REPLACE TRIGGER me_files_sync_insert
-    AFTER INSERT ON public.me_files
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._sync_enqueue_me_files();
 
 -- CREATE OR REPLACE TRIGGER does not exist for constraint triggers.
 DO $$

@@ -1,8 +1,10 @@
--- The safety net: fill every NULL snapshot, parents before children
--- (design.md section 4; better than the original, domain.md section 8.3):
+-- The safety net (docs/rules.md, "Backfill"): fill every NULL snapshot, parents before
+-- children, each from the source pgsnap.inherited_snapshot names:
 --   population -> built; offer -> its population's snapshot, else built;
 --   ad_event -> its offer's, else its population's, else built.
--- Rows are claimed FOR UPDATE SKIP LOCKED and written only while still NULL.
+-- Rows are claimed FOR UPDATE SKIP LOCKED and written only while still NULL. While the
+-- stricter shape check is not yet validated (the NOT NULL journey), the scheduled job also
+-- rebuilds snapshots in any other shape (the original's flat format).
 
 CREATE OR REPLACE FUNCTION pgsnap.backfill_batch(p_batch_size integer DEFAULT 500)
 RETURNS TABLE (target_populations bigint, offers bigint, ad_events bigint)
@@ -15,10 +17,13 @@ DECLARE
     v_bands bigint[];
     v_n     bigint;
 BEGIN
-    PERFORM pgsnap._check_batch_size(p_batch_size);
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     target_populations := 0; offers := 0; ad_events := 0;
 
-    -- populations
+    -- populations: built, set-based
     SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.target_band_id)
       INTO v_ids, v_files, v_bands
       FROM (SELECT tp.id, tp.me_file_id, tp.target_band_id
@@ -26,110 +31,138 @@ BEGIN
              WHERE tp.matching_tags_snapshot IS NULL
              ORDER BY tp.id LIMIT p_batch_size
                FOR UPDATE SKIP LOCKED) x;
-    UPDATE public.target_populations tp
-       SET matching_tags_snapshot = s.snapshot, updated_at = now()
-      FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
-     WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    target_populations := v_n;
+    IF v_ids IS NOT NULL THEN
+        UPDATE public.target_populations tp
+           SET matching_tags_snapshot = s.snapshot, updated_at = now()
+          FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
+          JOIN pgsnap.snapshots(v_files, v_bands) s
+            ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
+         WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        target_populations := v_n;
+    END IF;
 
-    -- offers: the population's snapshot, however long ago it was filled
-    SELECT array_agg(x.id) INTO v_ids
-      FROM (SELECT o.id FROM public.offers o
-             WHERE o.matching_tags_snapshot IS NULL
-             ORDER BY o.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) x;
+    -- offers
     UPDATE public.offers o
-       SET matching_tags_snapshot = tp.matching_tags_snapshot
-      FROM public.target_populations tp
-     WHERE o.id = ANY (v_ids) AND o.matching_tags_snapshot IS NULL
-       AND tp.me_file_id = o.me_file_id AND tp.target_band_id = o.target_band_id
-       AND tp.matching_tags_snapshot IS NOT NULL;
+       SET matching_tags_snapshot = i.snapshot
+      FROM (SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
+             WHERE x.matching_tags_snapshot IS NULL
+             ORDER BY x.id LIMIT p_batch_size
+               FOR UPDATE SKIP LOCKED) c
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
+     WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     offers := v_n;
-    -- ... otherwise built from the me_file's tags for that band
-    SELECT array_agg(o.id), array_agg(o.me_file_id), array_agg(o.target_band_id)
-      INTO v_ids, v_files, v_bands
-      FROM public.offers o WHERE o.id = ANY (v_ids) AND o.matching_tags_snapshot IS NULL;
-    UPDATE public.offers o
-       SET matching_tags_snapshot = s.snapshot
-      FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id IS NOT DISTINCT FROM u.me_file_id AND s.target_band_id IS NOT DISTINCT FROM u.band_id
-     WHERE o.id = u.id AND o.matching_tags_snapshot IS NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    offers := offers + v_n;
 
-    -- ad_events: only those whose offer is filled already (offers first)
-    SELECT array_agg(x.id) INTO v_ids
-      FROM (SELECT a.id FROM public.ad_events a
-             WHERE a.matching_tags_snapshot IS NULL
-               AND NOT EXISTS (SELECT 1 FROM public.offers o
-                                WHERE o.id = a.offer_id AND o.matching_tags_snapshot IS NULL)
-             ORDER BY a.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) x;
+    -- ad_events whose offer has its snapshot already (offers first)
     UPDATE public.ad_events a
-       SET matching_tags_snapshot = o.matching_tags_snapshot
-      FROM public.offers o
-     WHERE a.id = ANY (v_ids) AND a.matching_tags_snapshot IS NULL
-       AND o.id = a.offer_id AND o.matching_tags_snapshot IS NOT NULL;
+       SET matching_tags_snapshot = i.snapshot
+      FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+             WHERE x.matching_tags_snapshot IS NULL
+               AND NOT EXISTS (SELECT 1 FROM public.offers o
+                                WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
+             ORDER BY x.id LIMIT p_batch_size
+               FOR UPDATE SKIP LOCKED) c
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+     WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     ad_events := v_n;
-    UPDATE public.ad_events a
-       SET matching_tags_snapshot = tp.matching_tags_snapshot
-      FROM public.target_populations tp
-     WHERE a.id = ANY (v_ids) AND a.matching_tags_snapshot IS NULL
-       AND tp.me_file_id = a.me_file_id AND tp.target_band_id = a.target_band_id
-       AND tp.matching_tags_snapshot IS NOT NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    ad_events := ad_events + v_n;
-    SELECT array_agg(a.id), array_agg(a.me_file_id), array_agg(a.target_band_id)
-      INTO v_ids, v_files, v_bands
-      FROM public.ad_events a WHERE a.id = ANY (v_ids) AND a.matching_tags_snapshot IS NULL;
-    UPDATE public.ad_events a
-       SET matching_tags_snapshot = s.snapshot
-      FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id IS NOT DISTINCT FROM u.me_file_id AND s.target_band_id IS NOT DISTINCT FROM u.band_id
-     WHERE a.id = u.id AND a.matching_tags_snapshot IS NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    ad_events := ad_events + v_n;
     RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION pgsnap.backfill_batch(integer) IS
     'Fill one bounded batch of NULL snapshots per table, parents first; all zeros: nothing is left.';
 
--- What a backfill would do, by table and source; writes nothing.
+-- Whether the stricter shape check of a table is still to be validated (the journey): then
+-- rows in another shape may exist, and the job rebuilds them.
+CREATE OR REPLACE FUNCTION pgsnap._reshape_pending(p_table text)
+RETURNS boolean
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT coalesce((SELECT NOT c.convalidated FROM pg_catalog.pg_constraint c
+                      WHERE c.conrelid = ('public.' || p_table)::regclass
+                        AND c.conname = p_table || '_snapshot_shape'), true);
+END;
+
+-- Rebuild the snapshots in another shape among the ids p_from..p_to of one table; rows written.
+CREATE OR REPLACE FUNCTION pgsnap._reshape_batch(p_table text, p_from bigint, p_to bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids   bigint[];
+    v_files bigint[];
+    v_bands bigint[];
+    v_n     bigint := 0::bigint;
+BEGIN
+    IF p_table = 'target_populations' THEN
+        SELECT array_agg(tp.id), array_agg(tp.me_file_id), array_agg(tp.target_band_id)
+          INTO v_ids, v_files, v_bands
+          FROM public.target_populations tp
+         WHERE tp.id BETWEEN p_from AND p_to AND tp.matching_tags_snapshot IS NOT NULL
+           AND NOT pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot);
+        IF v_ids IS NOT NULL THEN
+            UPDATE public.target_populations tp
+               SET matching_tags_snapshot = s.snapshot, inputs_hash = NULL, updated_at = now()
+              FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
+              JOIN pgsnap.snapshots(v_files, v_bands) s
+                ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
+             WHERE tp.id = u.id AND NOT pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+        END IF;
+    ELSIF p_table = 'offers' THEN
+        UPDATE public.offers o
+           SET matching_tags_snapshot = i.snapshot
+          FROM (SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
+                 WHERE x.id BETWEEN p_from AND p_to AND x.matching_tags_snapshot IS NOT NULL
+                   AND NOT pgsnap.snapshot_shape_ok(x.matching_tags_snapshot)) c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
+         WHERE o.id = c.id AND i.snapshot IS NOT NULL;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    ELSIF p_table = 'ad_events' THEN
+        UPDATE public.ad_events a
+           SET matching_tags_snapshot = i.snapshot
+          FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+                 WHERE x.id BETWEEN p_from AND p_to AND x.matching_tags_snapshot IS NOT NULL
+                   AND NOT pgsnap.snapshot_shape_ok(x.matching_tags_snapshot)) c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+         WHERE a.id = c.id AND i.snapshot IS NOT NULL;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    ELSE
+        RAISE EXCEPTION 'unknown snapshot table %', p_table USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_n;
+END;
+$$;
+
+-- What a backfill would do, by table and source; writes nothing. Rows in another shape count
+-- while the stricter check is not validated (that count reads the whole table).
 CREATE OR REPLACE FUNCTION pgsnap.backfill_plan()
 RETURNS TABLE (table_name text, source text, rows bigint)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
+BEGIN ATOMIC
     SELECT 'target_populations', 'built', count(*)
-      FROM public.target_populations tp WHERE tp.matching_tags_snapshot IS NULL
+      FROM public.target_populations tp
+     WHERE tp.matching_tags_snapshot IS NULL
+        OR (pgsnap._reshape_pending('target_populations') AND NOT pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot))
     UNION ALL
-    SELECT 'offers', CASE WHEN tp.id IS NULL THEN 'built' ELSE 'population' END, count(*)
+    SELECT 'offers', i.source, count(*)
       FROM public.offers o
-      LEFT JOIN public.target_populations tp
-        ON tp.me_file_id = o.me_file_id AND tp.target_band_id = o.target_band_id
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, o.me_file_id, o.target_band_id, false) i
      WHERE o.matching_tags_snapshot IS NULL
-     GROUP BY 2
+        OR (pgsnap._reshape_pending('offers') AND NOT pgsnap.snapshot_shape_ok(o.matching_tags_snapshot))
+     GROUP BY i.source
     UNION ALL
-    SELECT 'ad_events',
-           CASE WHEN o.id IS NOT NULL THEN 'offer'
-                WHEN tp.id IS NOT NULL THEN 'population' ELSE 'built' END, count(*)
+    SELECT 'ad_events', i.source, count(*)
       FROM public.ad_events a
-      LEFT JOIN public.offers o ON o.id = a.offer_id
-      LEFT JOIN public.target_populations tp
-        ON tp.me_file_id = a.me_file_id AND tp.target_band_id = a.target_band_id
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(a.offer_id, a.me_file_id, a.target_band_id, false) i
      WHERE a.matching_tags_snapshot IS NULL
-     GROUP BY 2
-$$;
+        OR (pgsnap._reshape_pending('ad_events') AND NOT pgsnap.snapshot_shape_ok(a.matching_tags_snapshot))
+     GROUP BY i.source;
+END;
 COMMENT ON FUNCTION pgsnap.backfill_plan() IS
-    'Dry run of the backfill: NULL rows per table and the source their snapshot would come from.';
+    'Dry run of the backfill: rows to fill (NULL, or in another shape before its check is validated) per table and source.';
 
 CREATE OR REPLACE FUNCTION pgsnap.backfill_band(p_target_band_id bigint, p_batch_size integer DEFAULT 500)
 RETURNS bigint
@@ -139,16 +172,20 @@ AS $$
 DECLARE
     v_ids   bigint[];
     v_files bigint[];
+    v_bands bigint[];
     v_n     bigint;
     v_total bigint := 0;
 BEGIN
-    PERFORM pgsnap._check_batch_size(p_batch_size);
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM public.target_bands b WHERE b.id = p_target_band_id) THEN
         RAISE EXCEPTION 'target band % does not exist', coalesce(p_target_band_id::text, 'NULL')
             USING ERRCODE = 'no_data_found';
     END IF;
     LOOP
-        SELECT array_agg(x.id), array_agg(x.me_file_id) INTO v_ids, v_files
+        SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(p_target_band_id) INTO v_ids, v_files, v_bands
           FROM (SELECT tp.id, tp.me_file_id FROM public.target_populations tp
                  WHERE tp.target_band_id = p_target_band_id AND tp.matching_tags_snapshot IS NULL
                  ORDER BY tp.id LIMIT p_batch_size
@@ -157,8 +194,7 @@ BEGIN
         UPDATE public.target_populations tp
            SET matching_tags_snapshot = s.snapshot, updated_at = now()
           FROM unnest(v_ids, v_files) AS u(id, me_file_id)
-          JOIN pgsnap.snapshots(v_files, array_fill(p_target_band_id, ARRAY[cardinality(v_files)])) s
-            ON s.me_file_id = u.me_file_id
+          JOIN pgsnap.snapshots(v_files, v_bands) s ON s.me_file_id = u.me_file_id
          WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_total := v_total + v_n;
@@ -172,142 +208,171 @@ COMMENT ON FUNCTION pgsnap.backfill_band(bigint, integer) IS
 CREATE OR REPLACE FUNCTION pgsnap.snapshot_health()
 RETURNS TABLE (table_name text, null_snapshots bigint, total_rows bigint)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT 'target_populations', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*)
-      FROM public.target_populations
+BEGIN ATOMIC
+    SELECT 'target_populations', count(*) FILTER (WHERE tp.matching_tags_snapshot IS NULL), count(*)
+      FROM public.target_populations tp
     UNION ALL
-    SELECT 'offers', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*)
-      FROM public.offers
+    SELECT 'offers', count(*) FILTER (WHERE o.matching_tags_snapshot IS NULL), count(*)
+      FROM public.offers o
     UNION ALL
-    SELECT 'ad_events', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*)
-      FROM public.ad_events
-$$;
+    SELECT 'ad_events', count(*) FILTER (WHERE a.matching_tags_snapshot IS NULL), count(*)
+      FROM public.ad_events a;
+END;
 COMMENT ON FUNCTION pgsnap.snapshot_health() IS
     'NULL snapshots and total rows per table (the seed''s three health queries).';
 
--- Run bookkeeping shared by the procedure below and the Python driver.
--- Start: NULL when another run holds the lock (a 'skipped' run is recorded).
-CREATE OR REPLACE FUNCTION pgsnap._backfill_run_start()
-RETURNS bigint
+-- Starts a run: run_id NULL when another run is active (a `skipped` run is recorded). No
+-- session-level lock: a run is alive while its session executes it (see _claim_alive); the
+-- start itself is serialised by a transaction-level lock, and a start that finds it taken
+-- skips too.
+CREATE OR REPLACE FUNCTION pgsnap._backfill_start(OUT run_id bigint, OUT skipped_run_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_run bigint;
 BEGIN
-    -- a run of this session that was cancelled mid-way may still hold the
-    -- session-level lock: drop it, or every other session would skip forever
-    PERFORM pgsnap._release_own_lock(pgsnap.lock_key('backfill'));
-    IF NOT pg_try_advisory_lock(pgsnap.lock_key('backfill')) THEN
-        INSERT INTO pgsnap.backfill_runs (status, finished_at)
-        VALUES ('skipped', clock_timestamp());
-        RAISE NOTICE 'pgsnap backfill: another run is active; skipped';
-        RETURN NULL;
+    IF NOT pg_try_advisory_xact_lock(pgsnap.lock_key('backfill'))
+       OR EXISTS (SELECT 1 FROM pgsnap.backfill_runs r
+                   WHERE r.status = 'running' AND pgsnap._claim_alive(r.pid, r.backend_start, r.started_at)) THEN
+        INSERT INTO pgsnap.backfill_runs (status, finished_at, backend_start)
+        VALUES ('skipped', clock_timestamp(), pgsnap._backend_start())
+        RETURNING id INTO skipped_run_id;
+        RETURN;
     END IF;
-    -- holding the lock, any other 'running' row belongs to a dead session
     UPDATE pgsnap.backfill_runs
        SET status = 'failed', finished_at = clock_timestamp(),
            error = 'interrupted: its session ended before the run finished'
      WHERE status = 'running';
-    INSERT INTO pgsnap.backfill_runs DEFAULT VALUES RETURNING id INTO v_run;
-    RETURN v_run;
+    INSERT INTO pgsnap.backfill_runs (backend_start) VALUES (pgsnap._backend_start()) RETURNING id INTO run_id;
 END;
 $$;
 
--- After each batch: add its counts; returns true when a stop was requested.
-CREATE OR REPLACE FUNCTION pgsnap._backfill_run_step(p_run bigint, p_tp bigint, p_offers bigint, p_events bigint)
-RETURNS boolean
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    UPDATE pgsnap.backfill_runs r
-       SET batches = r.batches + 1,
-           target_populations = r.target_populations + p_tp,
-           offers = r.offers + p_offers,
-           ad_events = r.ad_events + p_events
-     WHERE r.id = p_run
-    RETURNING r.stop_requested
-$$;
+CREATE OR REPLACE FUNCTION pgsnap._backfill_summary(p_run_id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT jsonb_build_object('event', 'done', 'job', 'backfill', 'run_id', r.id, 'status', r.status,
+                              'batches', r.batches, 'target_populations', r.target_populations,
+                              'offers', r.offers, 'ad_events', r.ad_events, 'error', r.error)
+      FROM pgsnap.backfill_runs r WHERE r.id = p_run_id;
+END;
 
-CREATE OR REPLACE FUNCTION pgsnap._backfill_run_finish(p_run bigint, p_status text, p_error text DEFAULT NULL)
-RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    UPDATE pgsnap.backfill_runs r
-       SET status = p_status, error = p_error, finished_at = clock_timestamp()
-     WHERE r.id = p_run;
-    SELECT pg_advisory_unlock(pgsnap.lock_key('backfill'));
-$$;
-
--- No SET search_path (transaction control, see populate_target).
+-- The scheduled safety net: backfill_batch until nothing is left (or p_max_batches), then,
+-- during the journey, the rows in another shape, table by table in id ranges; COMMIT after
+-- each batch; a run another session is executing makes this one `skipped`. Its first
+-- statement is COMMIT, like populate_target's (inside a transaction block it fails at once);
+-- a caller who wants one transaction loops pgsnap.backfill_batch() itself.
 CREATE OR REPLACE PROCEDURE pgsnap.backfill_missing_snapshots(
     p_batch_size integer DEFAULT 500, p_max_batches integer DEFAULT NULL)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_own_xact boolean := pg_catalog.now() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp();
-    v_caller_path text := pg_catalog.current_setting('search_path');
+    v_start    record;
     v_run      bigint;
-    v_done     record;
+    v_total    bigint;
+    v_done     bigint := 0::bigint;
+    v_counts   record;
     v_batches  integer := 0;
     v_stop     boolean := false;
     v_error    text;
     v_state    text;
+    v_tables   text[];
+    v_table    text;
+    v_from     bigint;
+    v_max      bigint;
+    v_n        bigint;
+    v_summary  jsonb;
 BEGIN
+    COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    PERFORM pgsnap._check_batch_size(p_batch_size);
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF p_max_batches IS NOT NULL AND p_max_batches < 1 THEN
         RAISE EXCEPTION 'max batches must be a positive integer or NULL, got %', p_max_batches
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_run := pgsnap._backfill_run_start();
-    IF v_run IS NULL THEN
-        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+    v_start := pgsnap._backfill_start();
+    IF v_start.run_id IS NULL THEN
+        v_summary := pgsnap._backfill_summary(v_start.skipped_run_id);
+        PERFORM pgsnap._notice('pgsnap backfill: another run is active; skipped', v_summary);
+        COMMIT;
         RETURN;
     END IF;
-    IF v_own_xact THEN
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    END IF;
+    v_run := v_start.run_id;
+    v_tables := ARRAY(SELECT t FROM unnest(ARRAY['target_populations', 'offers', 'ad_events']) AS t
+                       WHERE pgsnap._reshape_pending(t));
+    SELECT coalesce(sum(p.rows), 0)::bigint INTO v_total FROM pgsnap.backfill_plan() p;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+    -- every failure of a batch, a cancel included, ends the run on the record (the COMMIT
+    -- stays outside: a block with EXCEPTION may not commit)
     LOOP
-        -- every failure of a batch, a cancel included, ends the run on the
-        -- record (the COMMIT stays outside: a block with EXCEPTION may not commit)
         BEGIN
-            SELECT * INTO v_done FROM pgsnap.backfill_batch(p_batch_size);
-            EXIT WHEN v_done.target_populations = 0 AND v_done.offers = 0 AND v_done.ad_events = 0;
-            v_stop := pgsnap._backfill_run_step(v_run, v_done.target_populations, v_done.offers,
-                                                v_done.ad_events);
+            SELECT * INTO v_counts FROM pgsnap.backfill_batch(p_batch_size);
+            EXIT WHEN v_counts.target_populations = 0 AND v_counts.offers = 0 AND v_counts.ad_events = 0;
+            UPDATE pgsnap.backfill_runs r
+               SET batches = r.batches + 1,
+                   target_populations = r.target_populations + v_counts.target_populations,
+                   offers = r.offers + v_counts.offers, ad_events = r.ad_events + v_counts.ad_events
+             WHERE r.id = v_run
+            RETURNING r.stop_requested INTO v_stop;
         EXCEPTION WHEN OTHERS OR query_canceled THEN
             GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
         END;
         EXIT WHEN v_error IS NOT NULL;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         v_batches := v_batches + 1;
-        IF v_own_xact THEN
-            COMMIT;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        END IF;
+        v_done := v_done + v_counts.target_populations + v_counts.offers + v_counts.ad_events;
+        PERFORM pgsnap._notice(format('pgsnap backfill: batch %s, %s of %s rows', v_batches, v_done, v_total),
+            jsonb_build_object('event', 'batch', 'job', 'backfill', 'run_id', v_run, 'batch', v_batches,
+                               'done', v_done, 'total', greatest(v_total, v_done))
+            || (SELECT jsonb_build_object('target_populations', r.target_populations, 'offers', r.offers,
+                                          'ad_events', r.ad_events)
+                  FROM pgsnap.backfill_runs r WHERE r.id = v_run));
         EXIT WHEN v_stop OR v_batches >= p_max_batches;
     END LOOP;
-    IF v_error IS NOT NULL THEN
-        -- release the session lock first: recording the run may have to wait
-        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
+
+    -- rows in another shape, while the journey has not validated the stricter check
+    IF v_error IS NULL AND NOT v_stop AND (p_max_batches IS NULL OR v_batches < p_max_batches) THEN
+        FOREACH v_table IN ARRAY v_tables LOOP
+            EXECUTE format('SELECT min(id), max(id) FROM public.%I', v_table) INTO v_from, v_max;
+            WHILE v_from <= v_max AND v_error IS NULL LOOP
+                BEGIN
+                    v_n := pgsnap._reshape_batch(v_table, v_from, v_from + p_batch_size * 20 - 1);
+                    IF v_n > 0 THEN
+                        EXECUTE format('UPDATE pgsnap.backfill_runs r SET %I = r.%I + $1 WHERE r.id = $2',
+                                       v_table, v_table) USING v_n, v_run;
+                    END IF;
+                EXCEPTION WHEN OTHERS OR query_canceled THEN
+                    GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
+                END;
+                COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                v_from := v_from + p_batch_size * 20;
+                v_done := v_done + coalesce(v_n, 0);
+            END LOOP;
+        END LOOP;
     END IF;
-    PERFORM pgsnap._backfill_run_finish(
-        v_run,
-        CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop THEN 'stopped' ELSE 'succeeded' END,
-        v_error);
+
+    IF v_error IS NULL THEN   -- the stored band counts, kept equal to the rows
+        PERFORM pgsnap._refresh_population_counts(NULL);
+    END IF;
+    UPDATE pgsnap.backfill_runs r
+       SET status = CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop OR v_batches >= p_max_batches
+                         THEN 'stopped' ELSE 'succeeded' END,
+           error = v_error, finished_at = clock_timestamp()
+     WHERE r.id = v_run;
+    v_summary := pgsnap._backfill_summary(v_run);
+    PERFORM pgsnap._notice(format('pgsnap backfill: run %s %s', v_run, v_summary ->> 'status'), v_summary);
+    COMMIT;
     IF v_error IS NOT NULL THEN
-        IF v_own_xact THEN
-            COMMIT;
-        END IF;
         RAISE EXCEPTION 'pgsnap backfill failed: %', v_error USING ERRCODE = v_state;
-    END IF;
-    IF NOT v_own_xact THEN
-        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
     END IF;
 END;
 $$;
 COMMENT ON PROCEDURE pgsnap.backfill_missing_snapshots(integer, integer) IS
-    'The scheduled safety net: backfill_batch until nothing is left (or p_max_batches), COMMIT per batch, skip if another run is active, recorded in pgsnap.backfill_runs.';
+    'The scheduled safety net: backfill_batch until nothing is left (or p_max_batches), COMMIT per batch, skip if '
+    'another run is active, recorded in pgsnap.backfill_runs. Fails at once inside a transaction block.';

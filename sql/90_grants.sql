@@ -1,4 +1,4 @@
--- Privileges (issue 8 item 1; docs/operations.md, "Roles and grants").
+-- Privileges (docs/operations.md, "Roles and grants").
 --
 -- Three kinds of caller:
 --   * the owner of pgsnap's objects (the role that runs `pgsnap migrate`) and superusers run
@@ -35,13 +35,34 @@ BEGIN
                   HINT = 'Create it first, e.g. CREATE ROLE app LOGIN PASSWORD ''...''.';
     END IF;
 
-    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
-        RAISE EXCEPTION 'role "%" is a superuser: no privilege restricts it; use a role without SUPERUSER', p_role
+    -- roles no privilege can restrict, or that could undo pgsnap's guarantees: a superuser;
+    -- CREATEROLE (it can grant itself membership in the tables' owner); BYPASSRLS; the
+    -- database's owner, who owns schema public on PostgreSQL 15 and can rename it, plant
+    -- look-alike tables and drop the application's; or a member of any of those owners
+    SELECT CASE WHEN r.rolsuper THEN 'is a superuser: no privilege restricts it; use a role without SUPERUSER'
+                WHEN r.rolcreaterole
+                THEN 'has CREATEROLE: it could make itself a member of the tables'' owner; use a role without CREATEROLE'
+                WHEN r.rolbypassrls THEN 'has BYPASSRLS; use a role without BYPASSRLS'
+                WHEN pg_catalog.pg_has_role(p_role, d.datdba, 'MEMBER')
+                THEN format('owns the database (it is or belongs to %s): the application role must own nothing',
+                            d.datdba::regrole)
+                WHEN pg_catalog.pg_has_role(p_role, n.nspowner, 'MEMBER') AND n.nspowner <> 'pg_database_owner'::regrole
+                THEN format('owns schema public (it is or belongs to %s): the application role must own nothing',
+                            n.nspowner::regrole)
+           END
+      INTO v_extra
+      FROM pg_catalog.pg_roles r, pg_catalog.pg_database d, pg_catalog.pg_namespace n
+     WHERE r.rolname = p_role AND d.datname = pg_catalog.current_database() AND n.nspname = 'public';
+    IF v_extra IS NOT NULL THEN
+        RAISE EXCEPTION 'role "%" %', p_role, v_extra
             USING ERRCODE = 'invalid_grant_operation';
     END IF;
+    v_extra := NULL;
 
     SELECT array_agg(DISTINCT o.owner) INTO v_owners
       FROM (SELECT c.relowner AS owner FROM pg_catalog.pg_class c WHERE c.oid = ANY (v_read || v_write)
+            UNION
+            SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.relnamespace = 'pgsnap'::regnamespace
             UNION
             SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'pgsnap') o;
     FOREACH v_owner IN ARRAY v_owners LOOP
@@ -92,14 +113,18 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.build_snapshot(bigint, bigint), pgsnap.band_for(bigint, bigint),'
                    ' pgsnap.sync_me_file(bigint), pgsnap.launch_campaign(bigint), pgsnap.snapshot_health()'
                    ' TO %I', p_role);
-    -- ... and the read-only helpers those invoker functions call in turn (the one membership rule,
-    -- the one snapshot builder, the lock key): they read nothing the role cannot read anyway.
+    -- ... and the read-only helpers those invoker functions and the offer and ad_event triggers
+    -- call in turn (the one membership rule, the one snapshot builder, where an inherited
+    -- snapshot comes from, the snapshot shape, the launch gate, the lock key).
     -- Not granted: populate_target and the backfill (procedures that COMMIT per batch cannot be
     -- SECURITY DEFINER, and as invoker they would need writes on target_populations: they are
     -- operator jobs run by the owner through the CLI, pg_cron or pgsnap's scheduler), nor the
     -- checks, the run log, the settings, the sync queue or any _internal routine.
-    EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.memberships(bigint[], bigint[]),'
-                   ' pgsnap.snapshots(bigint[], bigint[]), pgsnap.lock_key(text) TO %I', p_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.memberships(bigint[]), pgsnap.snapshots(bigint[], bigint[]),'
+                   ' pgsnap.inherited_snapshot(bigint, bigint, bigint, boolean), pgsnap.snapshot_shape_ok(jsonb),'
+                   ' pgsnap._launch_blocker(bigint), pgsnap.lock_key(text) TO %I', p_role);
+    -- the compiled catalogue those functions read (the catalogue, compiled: nothing secret)
+    EXECUTE format('GRANT SELECT ON TABLE pgsnap.band_traits TO %I', p_role);
 
     -- What the role still holds beyond the model comes from PUBLIC or from a role it belongs to,
     -- which this function does not touch: refuse rather than leave a weaker role than documented.
@@ -120,9 +145,60 @@ $$;
 COMMENT ON FUNCTION pgsnap.grant_app_role(name) IS
     'Give the application role exactly what the application uses (read the catalogue and populations; write me_files, '
     'me_file_tags, offers, ad_events; launched_at; execute build_snapshot, band_for, sync_me_file, launch_campaign, '
-    'snapshot_health), after revoking whatever else it held on them. Run by the owner or a superuser; idempotent.';
+    'snapshot_health), after revoking whatever else it held on them. Refuses a role that could undo pgsnap''s '
+    'guarantees (superuser, CREATEROLE, BYPASSRLS, owner of the database, schema public or any table). Run by the '
+    'owner or a superuser; idempotent.';
 
 -- PUBLIC runs nothing of pgsnap's (PostgreSQL grants EXECUTE on every new routine to PUBLIC).
 -- Trigger functions need no EXECUTE to fire: the tag, offer and ad_event triggers keep working
 -- for every role allowed to write those tables.
 REVOKE ALL ON ALL ROUTINES IN SCHEMA pgsnap FROM PUBLIC;
+
+-- The SECURITY DEFINER routines (the sync and catalogue triggers, sync_me_file, the launch
+-- gate) run as pgsnap_definer, a NOLOGIN role holding exactly what they use, not as the role
+-- that deployed pgsnap (often a superuser): a hole found in one of them can then reach no
+-- further than those privileges. Creating the role needs a superuser (or CREATEROLE); a
+-- deploy by a role without either leaves the routines owned by that role (which is no
+-- superuser then). Roles are cluster-wide: every database using pgsnap shares this one, each
+-- granting it privileges on its own objects.
+DO $$
+DECLARE
+    v_can boolean := (SELECT x.rolsuper FROM pg_catalog.pg_roles x WHERE x.rolname = current_user);
+    v_fn  record;
+BEGIN
+    IF NOT v_can THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.rolname = 'pgsnap_definer') THEN
+        CREATE ROLE pgsnap_definer NOLOGIN;
+    END IF;
+    COMMENT ON ROLE pgsnap_definer IS 'Owner of pgsnap''s SECURITY DEFINER routines; holds just what they use.';
+    GRANT USAGE ON SCHEMA pgsnap, public TO pgsnap_definer;
+    GRANT SELECT ON TABLE public.traits, public.trait_groups, public.trait_group_traits, public.targets,
+        public.target_bands, public.target_band_trait_groups, public.me_files, public.me_file_tags
+        TO pgsnap_definer;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.target_populations TO pgsnap_definer;
+    GRANT UPDATE (tier, definition_hash) ON TABLE public.target_bands TO pgsnap_definer;
+    -- row locks (FOR SHARE) on tags need UPDATE on some column: the sync under REPEATABLE READ
+    -- locks the tags it read, to fail on a concurrent change rather than go stale
+    GRANT UPDATE (updated_at) ON TABLE public.me_file_tags TO pgsnap_definer;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE pgsnap.sync_queue, pgsnap.sync_pending, pgsnap.me_file_syncs,
+        pgsnap.target_state, pgsnap.band_traits TO pgsnap_definer;
+    GRANT SELECT ON TABLE pgsnap.catalogue_bands, pgsnap.catalogue_band_traits TO pgsnap_definer;
+    GRANT EXECUTE ON FUNCTION pgsnap._sync(bigint[], bigint[], boolean),
+        pgsnap._sync_check_snapshot(bigint[], bigint[]), pgsnap.memberships(bigint[]),
+        pgsnap.snapshots(bigint[], bigint[]), pgsnap._slot(bigint), pgsnap._slot_space(),
+        pgsnap._compile(bigint[]), pgsnap._mark_stale(bigint[], text, text), pgsnap.lock_key(text),
+        pgsnap._catalogue_edited(bigint[], text, bigint[])
+        TO pgsnap_definer;
+    -- ALTER ... OWNER needs CREATE on the schema for the new owner: lent for the statement
+    GRANT CREATE ON SCHEMA pgsnap TO pgsnap_definer;
+    FOR v_fn IN SELECT p.oid::regprocedure AS fn FROM pg_catalog.pg_proc p
+                 WHERE p.pronamespace = 'pgsnap'::regnamespace AND p.prosecdef
+                   AND p.proowner <> 'pgsnap_definer'::regrole LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO pgsnap_definer', v_fn.fn);
+    END LOOP;
+    REVOKE CREATE ON SCHEMA pgsnap FROM pgsnap_definer;
+END;
+$$;
+-- (the loop above names functions by their regprocedure, never by input)

@@ -23,6 +23,7 @@ tuple-row cursors.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -562,3 +563,108 @@ class Model:
 
     def status_after_populate(self, target: int) -> str:
         return "populated" if self.bands_of(target) else "not_populated"
+
+
+# --------------------------------------------------------------------------
+# concurrency: observing and pacing other sessions
+
+RECOMPUTE_DIFF = """
+WITH members AS MATERIALIZED (
+    SELECT m.target_id, m.target_band_id, m.me_file_id
+      FROM pgsnap.memberships(%(targets)s::bigint[]) m
+), expected AS (
+    SELECT m.target_id, m.target_band_id, m.me_file_id,
+           pgsnap.build_snapshot(m.me_file_id, m.target_band_id) AS snapshot
+      FROM members m
+), actual AS (
+    SELECT b.target_id, p.target_band_id, p.me_file_id, p.matching_tags_snapshot AS snapshot
+      FROM target_populations p
+      JOIN target_bands b ON b.id = p.target_band_id
+     WHERE b.target_id = ANY (%(targets)s::bigint[])
+)
+SELECT 'missing' AS problem, x.* FROM (SELECT * FROM expected EXCEPT ALL SELECT * FROM actual) x
+UNION ALL
+SELECT 'unexpected', y.* FROM (SELECT * FROM actual EXCEPT ALL SELECT * FROM expected) y
+ORDER BY 3, 4, 1
+LIMIT 20
+"""
+
+DUPLICATES = """
+SELECT b.target_id, p.me_file_id, array_agg(p.target_band_id ORDER BY p.target_band_id)
+  FROM target_populations p JOIN target_bands b ON b.id = p.target_band_id
+ GROUP BY b.target_id, p.me_file_id HAVING count(*) > 1
+"""
+
+
+def assert_targets_exact(conn, targets: list[int]) -> None:
+    """The rows of `targets` are exactly the from-scratch recomputation
+    (pgsnap.memberships + pgsnap.build_snapshot for every member), no (target,
+    me_file) has two rows, no snapshot is NULL, and the sync queue is empty."""
+    assert rows(conn, RECOMPUTE_DIFF, {"targets": targets}) == []
+    assert rows(conn, DUPLICATES) == []
+    assert value(conn, "SELECT count(*) FROM target_populations WHERE matching_tags_snapshot IS NULL") == 0
+    assert value(conn, "SELECT count(*) FROM pgsnap.sync_queue") == 0
+    assert value(conn, "SELECT count(*) FROM pgsnap.sync_pending") == 0
+
+
+ROW_LOCK = ("transactionid", "tuple")  # waiting for another transaction's row lock
+ADVISORY = ("advisory",)
+
+
+def wait_until_blocked(conn, pid: int, what: str, events: tuple[str, ...] = ROW_LOCK + ADVISORY,
+                       timeout: float = 20.0) -> str:
+    """Wait until backend `pid` waits on a heavyweight lock of one of `events`
+    (pg_stat_activity.wait_event); returns the event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = rows(conn, "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
+                     (pid,))
+        if state and state[0][0] == "Lock" and state[0][1] in events:
+            return state[0][1]
+        assert time.monotonic() < deadline, f"{what} never blocked on {events}: {state}"
+        time.sleep(0.005)
+
+
+class Runner(threading.Thread):
+    """Runs `fn(*args)` in a thread, keeping its exception for the test to check."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error, self.result = fn, args, None, None
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout: float = 60.0):
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.fn.__name__} did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+GATES = """
+CREATE TABLE public.test_gate (me_file_id bigint, app text, lock_key bigint);
+GRANT SELECT ON public.test_gate TO PUBLIC;  -- the sync writes as pgsnap_definer
+CREATE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE k bigint;
+BEGIN
+    FOR k IN SELECT g.lock_key FROM public.test_gate g
+              WHERE g.me_file_id = NEW.me_file_id AND g.app = current_setting('application_name') LOOP
+        PERFORM pg_advisory_xact_lock_shared(k);  -- waits while the test holds k
+    END LOOP;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_gate BEFORE INSERT OR UPDATE ON public.target_populations
+    FOR EACH ROW EXECUTE FUNCTION public.test_gate();
+"""
+
+def gated(new_conn, app: str):
+    c = new_conn()
+    execute(c, "SELECT set_config('application_name', %s, false)", (app,))
+    return c
+
+

@@ -15,7 +15,6 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pgsnap import backfill as bf
 from tests import helpers as h
 from tests.legacy_data import (
     C1,
@@ -205,18 +204,22 @@ def test_backfill_batch_is_all_zeros_on_an_enforced_database(conn):
     assert runs(conn) == before + [("succeeded", 0, 0, 0, 0, None)]
 
 
-def test_call_inside_a_transaction_runs_atomically(journey, empty_db_dsn):
+def test_call_inside_a_transaction_fails_at_once_and_backfill_batch_serves_one(journey, empty_db_dsn):
+    """CALL commits per batch: inside a caller's transaction it fails before any work; a caller
+    who wants one transaction loops backfill_batch() in it."""
     conn, legacy = journey
     with connect(empty_db_dsn, autocommit=False) as c:
-        c.execute("CALL pgsnap.backfill_missing_snapshots(1)")  # no COMMIT inside a caller's transaction
+        with pytest.raises(errors.InvalidTransactionTermination):
+            c.execute("CALL pgsnap.backfill_missing_snapshots(1)")
+        c.rollback()
+        assert drain(c, 1)[-1] == (0, 0, 0)
         assert null_counts(c) == ZEROS
         c.rollback()
     assert null_counts(conn) == JOURNEY_NULLS and runs(conn) == []
     with connect(empty_db_dsn, autocommit=False) as c:
-        c.execute("CALL pgsnap.backfill_missing_snapshots(1)")
+        drain(c, 1)
         c.commit()
     assert_filled_by_the_rules(conn, legacy)
-    assert runs(conn)[0][0] == "succeeded"
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -262,56 +265,36 @@ def test_cli_bad_sizes(cli):
             2, "", f"error: {message} (see `pgsnap backfill --help`)\n"), args
 
 
-def test_python_driver_bad_sizes(conn):
-    before = runs(conn)
-    with pytest.raises(errors.InvalidParameterValue):
-        bf.run(conn, batch_size=0)
-    with pytest.raises(bf.PgsnapError) as refused:
-        bf.run(conn, batch_size=10, max_batches=0)
-    assert (str(refused.value), refused.value.exit_code) == (
-        "max batches must be a positive integer, got 0", 2)
-    assert runs(conn) == before
-
-
 # -- concurrency -------------------------------------------------------------------------------
 def test_a_second_run_skips_while_one_is_active(journey, empty_db_dsn, cli):
+    """The first run is held in its second batch (a test trigger on target_populations waits on a
+    lock the test holds): another CALL, the CLI and a third CALL each skip at once, recorded."""
     conn, legacy = journey
-    paused, resume = threading.Event(), threading.Event()
-    outcome = {}
-
-    def on_progress(done, total):
-        if not paused.is_set():
-            paused.set()
-            resume.wait(30)
-
-    def first_run():
-        try:
-            with connect(empty_db_dsn) as c:
-                outcome["result"] = bf.run(c, batch_size=1, on_progress=on_progress)
-        except BaseException as exc:  # reported below
-            outcome["error"] = exc
-            paused.set()
-
-    worker = threading.Thread(target=first_run)
-    worker.start()
+    second = h.value(conn, "SELECT me_file_id FROM target_populations WHERE matching_tags_snapshot IS NULL"
+                           " ORDER BY id OFFSET 1 LIMIT 1")
+    h.execute(conn, h.GATES)
+    h.execute(conn, "INSERT INTO public.test_gate VALUES (%s, 'first run', 7)", (second,))
+    h.execute(conn, "SELECT pg_advisory_lock(7)")
+    first_conn = connect(empty_db_dsn)
+    h.execute(first_conn, "SET application_name = 'first run'")
+    first = h.Runner(h.execute, first_conn, "CALL pgsnap.backfill_missing_snapshots(1)")
+    first.start()
     try:
-        assert paused.wait(30)
-        assert runs(conn) == [("running", 1, 1, 1, 1, None)]  # one batch committed, lock held
-        t0 = time.monotonic()
-        h.execute(conn, "CALL pgsnap.backfill_missing_snapshots()")  # returns at once
-        assert time.monotonic() - t0 < 5
+        h.wait_until_blocked(conn, first_conn.info.backend_pid, "the first run's second batch", h.ADVISORY)
+        assert runs(conn) == [("running", 1, 1, 1, 1, None)]  # one batch committed
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append((d.message_primary, d.message_detail)))
+        h.execute(conn, "CALL pgsnap.backfill_missing_snapshots()")  # returns: nothing to wait for
         skipped = cli("backfill", dsn=empty_db_dsn)
-        assert (skipped.exit_code, skipped.stdout) == (0, "backfill skipped: another run is active\n")
-        with connect(empty_db_dsn) as c:
-            assert bf.run(c).run_id is None
+        assert skipped.exit_code == 0
+        h.execute(conn, "CALL pgsnap.backfill_missing_snapshots()")
+        assert [m for m, _ in notices] == ["pgsnap backfill: another run is active; skipped"] * 2
         # the skippers wrote none
         assert null_counts(conn) == {"target_populations": 2, "offers": 5, "ad_events": 9}
     finally:
-        resume.set()
-        worker.join(30)
-    assert "error" not in outcome
-    assert outcome["result"].status == "succeeded"
-    assert outcome["result"].filled == JOURNEY_NULLS
+        h.execute(conn, "SELECT pg_advisory_unlock(7)")
+        first.finish()
+        first_conn.close()
     recorded = runs(conn)
     assert recorded[0][0] == "succeeded" and recorded[0][2:] == (3, 6, 10, None)
     assert [r[0] for r in recorded[1:]] == ["skipped"] * 3
@@ -522,9 +505,9 @@ def test_dry_run_prints_per_table_and_source_and_writes_nothing(journey, empty_d
     assert {t: row_xmins(conn, t) for t in SNAPSHOT_TABLES} == before
     assert null_counts(conn) == JOURNEY_NULLS and runs(conn) == []
     # the plan is what a run then does
-    plan = bf.plan(conn)
-    done = bf.run(conn)
-    assert done.filled == {t: sum(n for table, _, n in plan if table == t) for t in SNAPSHOT_TABLES}
+    plan = h.rows(conn, "SELECT table_name, source, rows FROM pgsnap.backfill_plan()")
+    h.execute(conn, "CALL pgsnap.backfill_missing_snapshots()")
+    assert runs(conn)[0][2:5] == tuple(sum(n for table, _, n in plan if table == t) for t in SNAPSHOT_TABLES)
     assert_filled_by_the_rules(conn, legacy)
     nothing = cli("backfill", "--dry-run", dsn=empty_db_dsn)
     assert (nothing.exit_code, nothing.stdout) == (0, "nothing to fill\n")

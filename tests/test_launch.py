@@ -2,14 +2,12 @@
 population of the campaign's target whose band has a bid, amount from the bid, snapshot copied,
 launched_at set; idempotent; refused unless the target is populated (the gate of domain.md 6.6)."""
 
-import threading
 from decimal import Decimal
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from pgsnap.populate import populate as populate_driver
 from tests import helpers as h
 from tests.legacy_data import add_bid, add_campaign, add_population, legacy_database, set_populated, snapshots
 
@@ -54,39 +52,26 @@ def test_launch_refused_while_not_populated(world):
 
 
 def test_launch_refused_while_populating(world, new_conn):
-    """A populate paused after its first committed batch: status `populating`, some rows there."""
+    """A populate held in its second batch (a test trigger waits on a lock the test holds):
+    status `populating`, the first batch's row committed."""
     conn = world
-    paused, resume = threading.Event(), threading.Event()
-    failures = []
-
-    def on_batch(done, total):
-        if done == 1:
-            paused.set()
-            resume.wait(30)
-
-    def run():
-        try:
-            populate_driver(new_conn(), h.T1, batch_size=1, on_batch=on_batch)
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-            paused.set()
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    try:
-        assert paused.wait(30)
-        assert h.target_status(conn, h.T1)[0] == "populating"
-        assert h.rows(conn, "SELECT count(*) FROM target_populations") == [(1,)]  # the first batch is in
-        with pytest.raises(errors.ObjectNotInPrerequisiteState) as refused:
-            launch(conn, C1)
-        assert refused.value.diag.message_primary == (
-            f"campaign {C1}: target {h.T1} is populating, not populated")
-        assert offers(conn) == {}
-        assert launched_at(conn, C1) is None
-    finally:
-        resume.set()
-        worker.join(30)
-    assert not failures
+    h.execute(conn, h.GATES)
+    h.execute(conn, "INSERT INTO public.test_gate VALUES (%s, 'populate', 7)", (h.M2,))
+    h.execute(conn, "SELECT pg_advisory_lock(7)")
+    populator_conn = h.gated(new_conn, "populate")
+    populator = h.Runner(h.populate, populator_conn, h.T1, 1)
+    populator.start()
+    h.wait_until_blocked(conn, populator_conn.info.backend_pid, "the second batch", h.ADVISORY)
+    assert h.target_status(conn, h.T1)[0] == "populating"
+    assert h.rows(conn, "SELECT count(*) FROM target_populations") == [(1,)]  # the first batch is in
+    with pytest.raises(errors.ObjectNotInPrerequisiteState) as refused:
+        launch(conn, C1)
+    assert refused.value.diag.message_primary == (
+        f"campaign {C1}: target {h.T1} is populating, not populated")
+    assert offers(conn) == {}
+    assert launched_at(conn, C1) is None
+    h.execute(conn, "SELECT pg_advisory_unlock(7)")
+    populator.finish()
     assert h.target_status(conn, h.T1)[0] == "populated"
     assert launch(conn, C1) == 2
 

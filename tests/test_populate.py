@@ -496,32 +496,36 @@ def caller_view(caller):
     )
 
 
-def test_populate_inside_a_rolled_back_transaction_leaves_nothing(conn, new_conn):
+def in_transaction(caller, target):
+    return value(caller, "SELECT pgsnap.populate_target_in_transaction(%s)", (target,))
+
+
+def test_populate_in_transaction_rolled_back_leaves_nothing(conn, new_conn):
     seed_worked_example(conn)
     caller = new_conn(autocommit=False)
-    populate(caller, T1, batch_size=2)
+    in_transaction(caller, T1)
     assert caller_view(caller) == (3, "populated")  # visible to the caller's transaction
     caller.rollback()
     assert populations(conn, T1) == {}
     assert target_status(conn, T1) == ("not_populated", None)
 
 
-def test_populate_inside_a_committed_transaction_persists(conn, new_conn):
+def test_populate_in_transaction_committed_persists(conn, new_conn):
     seed_worked_example(conn)
     caller = new_conn(autocommit=False)
-    populate(caller, T1, batch_size=2)
+    in_transaction(caller, T1)
     assert populations(conn, T1) == {}  # nothing visible before COMMIT
     caller.commit()
     assert populations(conn, T1) == EXAMPLE_1_ROWS
     assert target_status(conn, T1)[0] == "populated"
 
 
-def test_populate_inside_a_transaction_keeps_the_callers_search_path(conn, new_conn):
-    """The caller's transaction goes on after the CALL with its own settings."""
+def test_populate_in_transaction_keeps_the_callers_search_path(conn, new_conn):
+    """The caller's transaction goes on after the call with its own settings."""
     seed_worked_example(conn)
     caller = new_conn(autocommit=False)
     search_path = value(caller, "SELECT current_setting('search_path')")
-    populate(caller, T1)
+    in_transaction(caller, T1)
     assert value(caller, "SELECT current_setting('search_path')") == search_path
     assert value(caller, "SELECT count(*) FROM target_populations") == 3
     caller.commit()
@@ -538,17 +542,16 @@ def test_populate_commits_per_batch_in_autocommit(conn, new_conn):
     assert target_status(conn, T1) == ("populating", None)
 
 
-def test_populate_with_bound_parameters_runs_atomically(conn, new_conn):
-    """With the extended protocol PostgreSQL opens the transaction before the CALL runs, which
-    the procedure cannot tell from a caller's open transaction: it then runs as one transaction
-    (documented in the README); a failure leaves nothing behind."""
+def test_populate_with_bound_parameters_commits_per_batch_too(conn, new_conn):
+    """The extended protocol (psycopg with parameters, Postgrex, JDBC) opens the transaction
+    just before the CALL; the procedure commits per batch all the same."""
     seed_worked_example(conn)
     execute(conn, FAIL_ON_ME_FILE_3)
     caller = new_conn()
     with pytest.raises(psycopg.Error, match="refusing me_file 3"):
         populate(caller, T1, batch_size=1, bind=True)
-    assert populations(conn, T1) == {}
-    assert target_status(conn, T1) == ("not_populated", None)
+    assert populations(conn, T1) == {M1: EXAMPLE_1_ROWS[M1], M2: EXAMPLE_1_ROWS[M2]}
+    assert target_status(conn, T1) == ("populating", None)
 
 
 # --------------------------------------------------------------------------

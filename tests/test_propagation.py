@@ -120,14 +120,48 @@ def test_ad_event_with_explicit_snapshot_is_kept_as_given(world):
     assert event_snapshot(conn, 2) == h.EMPTY_SNAPSHOT
 
 
-@pytest.mark.parametrize("offer, shown", [(None, "NULL"), (999, "999")])
-def test_ad_event_without_offer_is_rejected(world, offer, shown):
+def test_ad_event_without_an_offer_takes_the_populations(world):
+    """No offer: the next source, the one the backfill would use."""
+    conn = world
+    add_ad_event(conn, 1, None, h.M1, h.B1)
+    assert event_snapshot(conn, 1) == population_snapshot(conn, h.M1, h.B1)
+
+
+def test_ad_event_without_offer_or_population_is_built(world):
+    conn = world
+    add_ad_event(conn, 1, None, h.M4, h.B1)   # M4 is in no band of T1
+    assert event_snapshot(conn, 1) == h.snapshot(
+        [h.HOME_ZIP, "Home Zip Code", 1, [[h.ZIP_02140, "02140", 2140]]])
+    assert event_snapshot(conn, 1) == h.build_snapshot(conn, h.M4, h.B1)
+
+
+def test_ad_event_under_a_legacy_offer_without_snapshot_gets_what_the_offer_will(world):
+    """During the NOT NULL journey a legacy offer may still be NULL: its ad_events take the
+    population's snapshot, the one the backfill then gives the offer."""
+    conn = world
+    h.execute(conn, "ALTER TABLE offers DISABLE TRIGGER offers_inherit_snapshot")
+    h.execute(conn, "ALTER TABLE offers ALTER COLUMN matching_tags_snapshot DROP NOT NULL")
+    add_offer(conn, 1, C1, h.M2, h.B2)
+    h.execute(conn, "ALTER TABLE offers ENABLE TRIGGER offers_inherit_snapshot")
+    assert offer_snapshot(conn, 1) is None
+    add_ad_event(conn, 1, 1, h.M2, h.B2)
+    assert event_snapshot(conn, 1) == population_snapshot(conn, h.M2, h.B2)
+    h.execute(conn, "CALL pgsnap.backfill_missing_snapshots()")
+    assert offer_snapshot(conn, 1) == event_snapshot(conn, 1)
+
+
+@pytest.mark.parametrize("offer, me_file, band, shown", [
+    (None, None, None,
+     "no offer NULL with one, and no me_file and band to build it from (me_file NULL, band NULL)"),
+    (999, h.M1, 999,
+     "no offer 999 with one, and no me_file and band to build it from (me_file 1, band 999)"),
+])
+def test_ad_event_with_nothing_to_take_a_snapshot_from_is_rejected(world, offer, me_file, band, shown):
     conn = world
     with pytest.raises(errors.NotNullViolation) as refused:
-        add_ad_event(conn, 1, offer, h.M1, h.B1)
+        add_ad_event(conn, 1, offer, me_file, band)
     assert refused.value.sqlstate == "23502"
-    assert refused.value.diag.message_primary == (
-        f"ad_event has no snapshot: offer {shown} does not exist or has none")
+    assert refused.value.diag.message_primary == f"ad_event has no snapshot: {shown}"
     assert refused.value.diag.message_hint == (
         "Create ad_events from an offer, or pass matching_tags_snapshot explicitly.")
 

@@ -28,7 +28,9 @@ READ = ("traits", "trait_groups", "trait_group_traits", "targets", "target_bands
 WRITE = ("me_files", "me_file_tags", "offers", "ad_events")
 CONTRACT = ("build_snapshot(bigint,bigint)", "band_for(bigint,bigint)", "sync_me_file(bigint)",
             "launch_campaign(bigint)", "snapshot_health()")
-HELPERS = ("memberships(bigint[],bigint[])", "snapshots(bigint[],bigint[])", "lock_key(text)")
+HELPERS = ("memberships(bigint[])", "snapshots(bigint[],bigint[])", "lock_key(text)",
+           "inherited_snapshot(bigint,bigint,bigint,boolean)", "snapshot_shape_ok(jsonb)",
+           "_launch_blocker(bigint)")
 
 # The model, whole: every privilege the application role holds on any object of the database.
 MODEL = (
@@ -37,6 +39,7 @@ MODEL = (
     | {(f"table public.{t}", p) for t in WRITE for p in ("SELECT", "INSERT", "UPDATE", "DELETE")}
     | {("column public.campaigns.launched_at", "UPDATE")}
     | {(f"function pgsnap.{f}", "EXECUTE") for f in CONTRACT + HELPERS}
+    | {("table pgsnap.band_traits", "SELECT")}
 )
 
 PRIVILEGES = """
@@ -231,8 +234,8 @@ REFUSED = [
      "permission denied for procedure backfill_missing_snapshots"),
     ("SELECT * FROM pgsnap.backfill_batch()", "42501", "permission denied for function backfill_batch"),
     ("SELECT pgsnap.backfill_band(1)", "42501", "permission denied for function backfill_band"),
-    ("SELECT * FROM pgsnap._reconcile(ARRAY[1], ARRAY[1], true)", "42501",
-     "permission denied for function _reconcile"),
+    ("SELECT * FROM pgsnap._sync(ARRAY[1], NULL, true)", "42501",
+     "permission denied for function _sync"),
     ("SELECT * FROM pgsnap.check_invariants()", "42501", "permission denied for function check_invariants"),
     ("SELECT pgsnap.grant_app_role(current_user)", "42501", "permission denied for function grant_app_role"),
     ("INSERT INTO pgsnap.sync_queue VALUES (pg_current_xact_id(), 1, NULL)", "42501",
@@ -276,7 +279,7 @@ def test_grant_takes_away_what_the_role_held_beyond_the_model(world, app_role, c
         " GRANT ALL ON pgsnap.settings, pgsnap.sync_queue TO {0};"
         " GRANT CREATE ON SCHEMA pgsnap TO {0};"
         " GRANT EXECUTE ON PROCEDURE pgsnap.populate_target(bigint, integer) TO {0};"
-        " GRANT EXECUTE ON FUNCTION pgsnap._reconcile(bigint[], bigint[], boolean) TO {0}").format(role))
+        " GRANT EXECUTE ON FUNCTION pgsnap._sync(bigint[], bigint[], boolean) TO {0}").format(role))
     assert cli("grant", "--app-role", app_role).exit_code == 0
     assert privileges(world, app_role) == MODEL
 
@@ -322,25 +325,61 @@ def test_grant_to_an_unknown_role_names_it_and_grants_nothing(world, cli):
     assert h.db_state(world) == before
 
 
-@pytest.mark.parametrize("kind", ["superuser", "member of the owner", "through PUBLIC"])
+KINDS = ["superuser", "CREATEROLE", "BYPASSRLS", "member of the tables' owner", "owner of the database",
+         "owner of schema public", "member of the database owner", "through PUBLIC"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_grant_refuses_a_role_it_cannot_restrict(world, roles, cli, kind):
+    """Roles that could undo pgsnap's guarantees (or that nothing restricts) are refused."""
+    table_owner = h.value(world, "SELECT tableowner FROM pg_tables WHERE tablename = 'target_populations'")
+    owner_role = roles("pgsnap_owner", "NOLOGIN")
     if kind == "superuser":
         role = roles("pgsnap_super", "LOGIN SUPERUSER")
-        expected = (f'0LP01: role "{role}" is a superuser: no privilege restricts it; '
-                    "use a role without SUPERUSER")
-    elif kind == "member of the owner":
-        owner = h.value(world, "SELECT tableowner FROM pg_tables WHERE tablename = 'target_populations'")
-        role = roles("pgsnap_member", f"LOGIN IN ROLE {sql.Identifier(owner).as_string(world)}")
-        expected = (f'0LP01: role "{role}" owns pgsnap\'s tables (it is or belongs to {owner}): '
+        expected = f'role "{role}" is a superuser: no privilege restricts it; use a role without SUPERUSER'
+    elif kind == "CREATEROLE":
+        role = roles("pgsnap_creator", "LOGIN CREATEROLE")
+        expected = (f'role "{role}" has CREATEROLE: it could make itself a member of the tables\' owner; '
+                    "use a role without CREATEROLE")
+    elif kind == "BYPASSRLS":
+        role = roles("pgsnap_bypass", "LOGIN BYPASSRLS")
+        expected = f'role "{role}" has BYPASSRLS; use a role without BYPASSRLS'
+    elif kind == "member of the tables' owner":
+        h.execute(world, sql.SQL("ALTER TABLE public.offers OWNER TO {}").format(sql.Identifier(owner_role)))
+        role = roles("pgsnap_member", f"LOGIN IN ROLE {sql.Identifier(owner_role).as_string(world)}")
+        expected = (f'role "{role}" owns pgsnap\'s tables (it is or belongs to {owner_role}): '
+                    "the application role must own nothing")
+    elif kind in ("owner of the database", "member of the database owner"):
+        role = roles()
+        owner = role if kind == "owner of the database" else owner_role
+        if kind == "member of the database owner":
+            h.execute(world, sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner_role),
+                                                              sql.Identifier(role)))
+        h.execute(world, sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+            sql.Identifier(h.value(world, "SELECT current_database()")), sql.Identifier(owner)))
+        expected = (f'role "{role}" owns the database (it is or belongs to {owner}): '
+                    "the application role must own nothing")
+    elif kind == "owner of schema public":
+        role = roles()
+        h.execute(world, sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+        expected = (f'role "{role}" owns schema public (it is or belongs to {role}): '
                     "the application role must own nothing")
     else:
         role = roles()
         h.execute(world, "GRANT TRUNCATE ON me_file_tags TO PUBLIC")
-        expected = (f'0LP01: role "{role}" would still hold TRUNCATE on public.me_file_tags '
+        expected = (f'role "{role}" would still hold TRUNCATE on public.me_file_tags '
                     "(granted to PUBLIC or to a role it belongs to)")
-    result = cli("grant", "--app-role", role)
-    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"error: {expected}\n")
-    assert privileges(world, role) == set()
+    try:
+        before = privileges(world, role)   # an owner's own, if any
+        result = cli("grant", "--app-role", role)
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"error: 0LP01: {expected}\n")
+        assert privileges(world, role) == before
+    finally:   # ownership back, so that the roles can be dropped
+        owner = sql.Identifier(table_owner)
+        h.execute(world, sql.SQL("ALTER TABLE public.offers OWNER TO {0}; ALTER SCHEMA public OWNER TO {1};"
+                                 " ALTER DATABASE {2} OWNER TO {0}").format(
+            owner, sql.Identifier("pg_database_owner"),
+            sql.Identifier(h.value(world, "SELECT current_database()"))))
 
 
 def test_only_the_owner_or_a_superuser_may_grant(world, roles, as_role):
@@ -355,3 +394,36 @@ def test_only_the_owner_or_a_superuser_may_grant(world, roles, as_role):
     assert refused.value.diag.message_primary == (
         f"only {owner} (the owner of pgsnap's tables) or a superuser may grant, not {admin}")
     assert privileges(world, app) == set()
+
+
+# -- the SECURITY DEFINER routines' owner ---------------------------------------------------------
+DEFINERS = {"_group_traits_changed()", "_band_groups_changed()", "_bands_changed()", "_launch_blocker(bigint)",
+            "_sync_drain()", "_sync_enqueue_tags()", "_traits_changed()", "sync_me_file(bigint)"}
+
+
+def test_security_definer_routines_run_as_a_role_without_power(conn):
+    owners = h.rows(conn, """
+        SELECT regexp_replace(p.oid::regprocedure::text, '^pgsnap\\.', ''), r.rolname, r.rolsuper,
+               r.rolcreaterole, r.rolbypassrls, r.rolcanlogin
+          FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+         WHERE p.pronamespace = 'pgsnap'::regnamespace AND p.prosecdef""")
+    assert {fn for fn, *_ in owners} == DEFINERS
+    assert {tuple(o[1:]) for o in owners} == {("pgsnap_definer", False, False, False, False)}
+
+
+@pytest.mark.parametrize("statement, message", [
+    ("DROP TABLE public.target_populations", "must be owner of table target_populations"),
+    ("ALTER TABLE public.me_file_tags DISABLE TRIGGER me_file_tags_sync_insert",
+     "must be owner of table me_file_tags"),
+    ("CREATE TABLE pgsnap.planted (x int)", "permission denied for schema pgsnap"),
+    ("CREATE TABLE public.planted (x int)", "permission denied for schema public"),
+    ("UPDATE public.offers SET offer_amt = 0", "permission denied for table offers"),
+    ("CREATE ROLE planted", "permission denied to create role"),
+])
+def test_the_definer_role_holds_nothing_beyond_what_its_routines_use(conn, statement, message):
+    with conn.transaction():
+        h.execute(conn, "SET LOCAL ROLE pgsnap_definer")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            with conn.transaction():
+                h.execute(conn, statement)
+    assert refused.value.diag.message_primary == message

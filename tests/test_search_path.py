@@ -175,7 +175,8 @@ def with_temp_shadows(conn: psycopg.Connection) -> psycopg.Connection:
 
 # -- reading a run's outcome ----------------------------------------------------------------------
 VOLATILE = {"created_at", "updated_at", "launched_at", "last_populated_at", "populating_since", "started_at",
-            "finished_at", "pid", "synced_by"}
+            "finished_at", "pid", "synced_by", "backend_start", "changed_by", "stale_token", "stale_since",
+            "run_pid", "run_backend_start", "run_started_at"}
 
 
 def state(conn) -> dict[str, list]:
@@ -237,13 +238,13 @@ CALLS = {
     "band_for": ["SELECT m.id, t.id, pgsnap.band_for(m.id, t.id)"
                  " FROM public.me_files m CROSS JOIN public.targets t ORDER BY m.id, t.id"],
     "memberships": ["SELECT * FROM pgsnap.memberships(ARRAY[1, 2]::bigint[]) ORDER BY 1, 2, 3"],
-    "populate_target": ["CALL pgsnap.populate_target(1, 2)", "CALL pgsnap.populate_target(2)"],
+    "populate_target_in_transaction": ["SELECT pgsnap.populate_target_in_transaction(1) - 'seconds'",
+                                       "SELECT pgsnap.populate_target_in_transaction(2) - 'seconds'"],
     "sync_me_file": ["SELECT m.id, pgsnap.sync_me_file(m.id) FROM public.me_files m ORDER BY m.id"],
     "launch_campaign": ["SELECT pgsnap.launch_campaign(1)", "SELECT pgsnap.launch_campaign(3)",
                         "SELECT pgsnap.launch_campaign(2)"],
     "backfill_batch": ["SELECT * FROM pgsnap.backfill_batch(2)", "SELECT * FROM pgsnap.backfill_batch(1)",
                        "SELECT * FROM pgsnap.backfill_batch()"],
-    "backfill_missing_snapshots": ["CALL pgsnap.backfill_missing_snapshots(2)"],
     "backfill_band": ["SELECT b.id, pgsnap.backfill_band(b.id, 1) FROM public.target_bands b ORDER BY b.id"],
     "snapshot_health": ["SELECT * FROM pgsnap.snapshot_health()"],
     "backfill_plan": ["SELECT * FROM pgsnap.backfill_plan() ORDER BY 1, 2"],
@@ -252,7 +253,7 @@ CALLS = {
     "populating_targets": ["UPDATE public.targets SET population_status = 'populating' WHERE id = 1",
                            "SELECT target_id, since IS NOT NULL, populated_by"
                            " FROM pgsnap.populating_targets()"],
-    "errors": ["CALL pgsnap.populate_target(999)", "SELECT pgsnap.launch_campaign(999)",
+    "errors": ["SELECT pgsnap.populate_target_in_transaction(999)", "SELECT pgsnap.launch_campaign(999)",
                "SELECT * FROM pgsnap.backfill_batch(0)", "SELECT pgsnap.sync_me_file(999)"],
     # the triggers: tag writes and a registration (synced at the deferred drain, forced here),
     # offers and ad_events inheriting their snapshot, target_id filled in
@@ -310,16 +311,39 @@ def untouched_without_temp(snapshot: dict) -> dict:
     return {t: r for t, r in snapshot.items() if not t.startswith("pg_temp.")}
 
 
+# procedures commit: a top-level CALL each, compared with the same CALLs on a twin database
+PROCEDURES = {
+    "populate_target": ["CALL pgsnap.populate_target(1, 2)", "CALL pgsnap.populate_target(2)"],
+    "backfill_missing_snapshots": ["CALL pgsnap.backfill_missing_snapshots(2)"],
+    "repopulate_stale_targets": ["UPDATE public.traits SET trait_name = 'Sex' WHERE id = 1",
+                                 "CALL pgsnap.repopulate_stale_targets()"],
+}
+
+
+@pytest.fixture
+def twin_dsn(pg_server, hostile_template):
+    name = f"pgsnap_twin_{uuid.uuid4().hex[:12]}"
+    with _admin(pg_server) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                   sql.Identifier(hostile_template)))
+    yield pg_server.dsn(name)
+    with _admin(pg_server) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
-@pytest.mark.parametrize("call", ["populate_target", "backfill_missing_snapshots"])
-def test_procedures_committing_per_batch_under_a_hostile_search_path(hostile_dsn, call, path):
-    """A top-level CALL in autocommit commits per batch and re-pins its path after every COMMIT."""
-    with psycopg.connect(hostile_dsn, autocommit=True) as plain:
-        _, expected_state, _ = run(plain, CALLS[call], None)
+@pytest.mark.parametrize("call", list(PROCEDURES))
+def test_procedures_committing_per_batch_under_a_hostile_search_path(hostile_dsn, twin_dsn, call, path):
+    """A top-level CALL commits per batch and re-pins its path after every COMMIT: under a hostile
+    path it leaves exactly what it leaves under the default one (on a twin of the database)."""
+    with psycopg.connect(twin_dsn, autocommit=True) as plain:
+        for statement in PROCEDURES[call]:
+            h.execute(plain, statement)
+        expected_state = untouched_without_temp(state(plain))
     with with_temp_shadows(psycopg.connect(hostile_dsn, autocommit=True)) as hostile:
         untouched = state(hostile)
         h.execute(hostile, f"SET search_path = {path}")
-        for statement in CALLS[call]:
+        for statement in PROCEDURES[call]:
             h.execute(hostile, statement)
         assert h.value(hostile, "SELECT pg_catalog.current_setting('search_path')") == path
         h.execute(hostile, "SET search_path = pg_catalog, public")
@@ -333,26 +357,31 @@ def test_procedures_committing_per_batch_under_a_hostile_search_path(hostile_dsn
 
 
 def test_every_function_pins_its_search_path(conn):
-    """Functions pin `pg_catalog, pg_temp` in their definition; procedures cannot (they COMMIT),
-    so they pin it as their first statement and again after every COMMIT."""
-    routines = h.rows(conn, "SELECT p.proname, p.prokind, p.proconfig, p.prosrc FROM pg_proc p"
+    """PL/pgSQL functions pin `pg_catalog, pg_temp` in their definition; SQL functions have a
+    standard body, parsed (bound to objects) when created; procedures cannot carry a SET clause
+    (they COMMIT), so they commit first and pin it right after, and again after every COMMIT."""
+    routines = h.rows(conn, "SELECT p.proname, p.prokind, l.lanname, p.proconfig, p.prosqlbody IS NOT NULL,"
+                            " p.prosrc FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
                             " WHERE p.pronamespace = 'pgsnap'::regnamespace ORDER BY 1")
-    unpinned = [name for name, kind, config, _ in routines
-                if kind == "f" and config != ["search_path=pg_catalog, pg_temp"]]
+    unpinned = [name for name, kind, lang, config, atomic, _ in routines
+                if kind == "f" and not (config == ["search_path=pg_catalog, pg_temp"]
+                                        or (lang == "sql" and atomic and config is None))]
     assert unpinned == []
-    pin = "PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);"
-    procedures = {name: src for name, kind, _, src in routines if kind == "p"}
-    assert sorted(procedures) == ["backfill_missing_snapshots", "populate_target"]
+    first = "COMMIT;\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);"
+    procedures = {name: src for name, kind, _, _, _, src in routines if kind == "p"}
+    assert sorted(procedures) == ["backfill_missing_snapshots", "populate_target",
+                                  "repopulate_stale_targets"]
     for name, src in procedures.items():
-        assert src.split("\nBEGIN\n", 1)[1].lstrip().startswith(pin), name
+        body = src.split("\nBEGIN\n", 1)[1]
+        assert body.lstrip().startswith(first), name
 
 
-@pytest.mark.parametrize("call", ["populate_target", "backfill_missing_snapshots"])
-def test_caller_gets_its_search_path_back(hostile_dsn, call):
-    """A CALL inside the caller's transaction runs atomically; afterwards the caller's own unqualified
-    names must still resolve as before."""
-    with psycopg.connect(hostile_dsn) as c:  # not autocommit: the CALL runs in our transaction
-        for statement in CALLS[call]:
-            h.execute(c, statement)
+@pytest.mark.parametrize("statement", ["SELECT pgsnap.populate_target_in_transaction(1)",
+                                       "SELECT * FROM pgsnap.backfill_batch()"])
+def test_caller_gets_its_search_path_back(hostile_dsn, statement):
+    """The function entry points run inside the caller's transaction; afterwards the caller's
+    own unqualified names still resolve as before."""
+    with psycopg.connect(hostile_dsn) as c:  # not autocommit: the call runs in our transaction
+        h.execute(c, statement)
         assert h.value(c, "SELECT pg_catalog.current_setting('search_path')") == '"$user", public'
         assert h.value(c, "SELECT count(*) FROM targets") == 2

@@ -23,9 +23,8 @@ from scripts import squawk_lint
 # function; one that matches nothing any more fails the test (delete it).
 PERF_CAST = "target type is different type than source type"
 ALLOWED_WARNINGS = {
-    ("pgsnap._sync(bigint[],bigint[])", PERF_CAST, 'cast "integer" value to "bigint" type'):
-        "`RETURN 0` in a function returning bigint: one constant cast per call on the early "
-        "exits (no me_files, no target concerned); `RETURN 0::bigint` would silence it.",
+    ("pgsnap._notice(text,jsonb)", "routine is marked as VOLATILE, should be IMMUTABLE", None):
+        "It sends a NOTICE: a side effect the planner must not fold away or skip.",
     ("pgsnap.sync_me_file(bigint)", PERF_CAST, 'cast "bigint" value to "integer" type'):
         "The contract returns int (design.md section 4) while pgsnap._sync counts in bigint: the "
         "count is at most one row per target for one me_file, far below 2^31; one cast per call.",
@@ -140,7 +139,8 @@ def test_plpgsql_check_finds_no_error_and_no_unexplained_warning(checked):
     routines, problems = checked
     names = {signature for _, signature, _ in routines}
     # not vacuous: the engine's core and its trigger functions were all looked at
-    assert {"pgsnap._reconcile(bigint[],bigint[],boolean)", "pgsnap._sync_enqueue_tags()",
+    assert {"pgsnap._sync(bigint[],bigint[],boolean)", "pgsnap._sync_enqueue_tags()",
+            "pgsnap._populate_batch(bigint,bigint,bigint,boolean,bigint,bigint[],bigint[])",
             "pgsnap.populate_target(bigint,integer)", "pgsnap.launch_campaign(bigint)"} <= names
 
     unexplained = [p for p in problems
@@ -198,24 +198,29 @@ def test_every_sql_function_body_parses_and_resolves(conn):
 
 
 def test_every_pgsnap_function_pins_its_search_path(conn):
-    """Functions carry `SET search_path = pg_catalog, pg_temp` (pg_temp last, so no temporary
-    object can shadow anything). Procedures are the exception: PostgreSQL forbids transaction
-    control under a SET clause, so populate_target and backfill_missing_snapshots pin theirs
+    """PL/pgSQL functions carry `SET search_path = pg_catalog, pg_temp` (pg_temp last, so no
+    temporary object can shadow anything). SQL functions have a standard body (BEGIN ATOMIC):
+    PostgreSQL parses it when the function is created and binds every name to an object, so no
+    search_path applies to it later, and the planner can inline it. Procedures are the other
+    exception: PostgreSQL forbids transaction control under a SET clause, so they pin theirs
     inside the body (see sql/40_populate.sql)."""
     rows = conn.execute(
         """
         SELECT p.oid::regprocedure::text, p.prosecdef,
-               (SELECT c FROM unnest(p.proconfig) AS c WHERE c LIKE 'search_path=%%')
+               (SELECT c FROM unnest(p.proconfig) AS c WHERE c LIKE 'search_path=%%'),
+               l.lanname = 'sql' AND p.prosqlbody IS NOT NULL
           FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_language l ON l.oid = p.prolang
          WHERE p.pronamespace = 'pgsnap'::regnamespace AND p.prokind = 'f'
          ORDER BY 1
         """).fetchall()
     assert rows
+    assert any(bound for *_, bound in rows) and any(setting for _, _, setting, _ in rows)
     unpinned = [f"  {name}{' (SECURITY DEFINER)' if definer else ''}: {setting or 'no SET search_path'}"
-                for name, definer, setting in rows
-                if not setting or not setting.replace(" ", "").endswith(",pg_temp")]
-    assert not unpinned, ("pgsnap functions without a pinned search_path ending in pg_temp:\n"
-                          + "\n".join(unpinned))
+                for name, definer, setting, bound in rows
+                if not bound and (not setting or not setting.replace(" ", "").endswith(",pg_temp"))]
+    assert not unpinned, ("pgsnap functions without a pinned search_path ending in pg_temp, nor a"
+                          " standard SQL body:\n" + "\n".join(unpinned))
 
     definer_procedures = conn.execute(
         """

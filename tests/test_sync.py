@@ -156,11 +156,13 @@ def populated_example(conn):
 
 
 # Counts every write to target_populations: one row per written row, one per
-# statement (a _reconcile call runs one DELETE, one UPDATE and one INSERT).
+# statement (a sync's statement runs one DELETE, one UPDATE and one INSERT). The sync writes
+# as pgsnap_definer: the audit table is open to it.
 AUDIT = """
 CREATE TABLE public.test_tp_audit (
     seq bigint GENERATED ALWAYS AS IDENTITY, level text, op text, row_id bigint, xact xid8
 );
+GRANT INSERT ON public.test_tp_audit TO PUBLIC;
 CREATE FUNCTION public.test_tp_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.test_tp_audit (level, op, row_id, xact)
@@ -179,7 +181,7 @@ CREATE TRIGGER test_tp_audit_statement AFTER INSERT OR UPDATE OR DELETE ON publi
 """
 
 
-# the statements one _reconcile call runs on target_populations (sorted)
+# the statements one sync runs on target_populations (sorted)
 ONE_RECONCILE = ["DELETE", "INSERT", "UPDATE"]
 
 

@@ -34,9 +34,11 @@ import psycopg
 import pytest
 
 from tests.helpers import (
+    ADVISORY,
     B1,
     B3,
     FEMALE,
+    GATES,
     HIKING,
     M1,
     M2,
@@ -44,99 +46,20 @@ from tests.helpers import (
     T1,
     ZIP_02140,
     Model,
+    Runner,
+    assert_targets_exact,
     execute,
+    gated,
     populate,
     populations,
-    rows,
     seed_worked_example,
     snapshot,
     sync_triggers_disabled,
     tag,
     target_status,
     value,
+    wait_until_blocked,
 )
-
-# --------------------------------------------------------------------------
-# checks shared by every test here
-
-
-RECOMPUTE_DIFF = """
-WITH members AS MATERIALIZED (
-    SELECT m.target_id, m.target_band_id, m.me_file_id
-      FROM pgsnap.memberships(%(targets)s::bigint[]) m
-), expected AS (
-    SELECT m.target_id, m.target_band_id, m.me_file_id,
-           pgsnap.build_snapshot(m.me_file_id, m.target_band_id) AS snapshot
-      FROM members m
-), actual AS (
-    SELECT b.target_id, p.target_band_id, p.me_file_id, p.matching_tags_snapshot AS snapshot
-      FROM target_populations p
-      JOIN target_bands b ON b.id = p.target_band_id
-     WHERE b.target_id = ANY (%(targets)s::bigint[])
-)
-SELECT 'missing' AS problem, x.* FROM (SELECT * FROM expected EXCEPT ALL SELECT * FROM actual) x
-UNION ALL
-SELECT 'unexpected', y.* FROM (SELECT * FROM actual EXCEPT ALL SELECT * FROM expected) y
-ORDER BY 3, 4, 1
-LIMIT 20
-"""
-
-DUPLICATES = """
-SELECT b.target_id, p.me_file_id, array_agg(p.target_band_id ORDER BY p.target_band_id)
-  FROM target_populations p JOIN target_bands b ON b.id = p.target_band_id
- GROUP BY b.target_id, p.me_file_id HAVING count(*) > 1
-"""
-
-
-def assert_targets_exact(conn, targets: list[int]) -> None:
-    """The rows of `targets` are exactly the from-scratch recomputation
-    (pgsnap.memberships + pgsnap.build_snapshot for every member), no (target,
-    me_file) has two rows, no snapshot is NULL, and the sync queue is empty."""
-    assert rows(conn, RECOMPUTE_DIFF, {"targets": targets}) == []
-    assert rows(conn, DUPLICATES) == []
-    assert value(conn, "SELECT count(*) FROM target_populations WHERE matching_tags_snapshot IS NULL") == 0
-    assert value(conn, "SELECT count(*) FROM pgsnap.sync_queue") == 0
-    assert value(conn, "SELECT count(*) FROM pgsnap.sync_pending") == 0
-
-
-ROW_LOCK = ("transactionid", "tuple")  # waiting for another transaction's row lock
-ADVISORY = ("advisory",)
-
-
-def wait_until_blocked(conn, pid: int, what: str, events: tuple[str, ...] = ROW_LOCK + ADVISORY,
-                       timeout: float = 20.0) -> str:
-    """Wait until backend `pid` waits on a heavyweight lock of one of `events`
-    (pg_stat_activity.wait_event); returns the event."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = rows(conn, "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
-                     (pid,))
-        if state and state[0][0] == "Lock" and state[0][1] in events:
-            return state[0][1]
-        assert time.monotonic() < deadline, f"{what} never blocked on {events}: {state}"
-        time.sleep(0.005)
-
-
-class Runner(threading.Thread):
-    """Runs `fn(*args)` in a thread, keeping its exception for the test to check."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args, self.error, self.result = fn, args, None, None
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout: float = 60.0):
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.fn.__name__} did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
 
 # --------------------------------------------------------------------------
 # item 26 at random: populate of a 20,000-me_file target under tag traffic
@@ -356,30 +279,9 @@ def test_sync_racing_populate_leaves_no_difference(conn, new_conn, seed):
 # --------------------------------------------------------------------------
 # the race step by step: gates on target_populations writes
 
-GATES = """
-CREATE TABLE public.test_gate (me_file_id bigint, app text, lock_key bigint);
-CREATE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE k bigint;
-BEGIN
-    FOR k IN SELECT g.lock_key FROM public.test_gate g
-              WHERE g.me_file_id = NEW.me_file_id AND g.app = current_setting('application_name') LOOP
-        PERFORM pg_advisory_xact_lock_shared(k);  -- waits while the test holds k
-    END LOOP;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER test_gate BEFORE INSERT OR UPDATE ON public.target_populations
-    FOR EACH ROW EXECUTE FUNCTION public.test_gate();
-"""
-
 M2_IN_B1 = (B1, snapshot([1, "Sex (Biological)", 1, [[3, "Female", 2]]],
                          [4, "Home Zip Code", 1, [[101, "02140", 2140]]],
                          [50, "Hobbies", 3, [[52, "Hiking", 1]]]))
-
-
-def gated(new_conn, app: str):
-    c = new_conn()
-    execute(c, "SELECT set_config('application_name', %s, false)", (app,))
-    return c
 
 
 def test_tag_change_committed_during_a_populate_batch_is_not_lost(conn, new_conn):
@@ -449,10 +351,10 @@ def test_populate_batch_waits_for_an_in_flight_sync(conn, new_conn):
     assert_targets_exact(conn, [T1])
 
 
-def test_populate_start_waits_for_an_in_flight_sync(conn, new_conn):
-    """A sync of a populated target is held mid-write; a populate of that target
-    started meanwhile waits for it (status change under the target lock) and
-    then ends with the fresh rows."""
+def test_repopulate_waits_for_an_in_flight_sync(conn, new_conn):
+    """A sync of a populated target is held mid-write; a populate of that target started
+    meanwhile marks it populating, then its batch waits for the sync (M2's slot) and computes
+    from the committed tags."""
     seed_worked_example(conn)
     populate(conn, T1)
     execute(conn, GATES)
@@ -465,28 +367,11 @@ def test_populate_start_waits_for_an_in_flight_sync(conn, new_conn):
     populator_conn = new_conn()
     populator = Runner(populate, populator_conn, T1, 1)
     populator.start()
-    wait_until_blocked(conn, populator_conn.info.backend_pid, "populate start", ADVISORY)
-    assert target_status(conn, T1)[0] == "populated"
+    wait_until_blocked(conn, populator_conn.info.backend_pid, "the batch of M1 and M2", ADVISORY)
+    assert target_status(conn, T1)[0] == "populating"
     execute(conn, "SELECT pg_advisory_unlock(2)")
     tagging.finish()
     populator.finish()
-    assert populations(conn, T1)[M2] == M2_IN_B1
-    assert populations(conn, T1) == Model.load(conn).populations(T1)
-    assert_targets_exact(conn, [T1])
-
-
-def test_tag_change_during_populate_inside_a_transaction(conn, new_conn):
-    """populate_target inside a caller's transaction holds the target until COMMIT:
-    a concurrent tag change waits, then syncs against the committed population."""
-    seed_worked_example(conn)
-    caller = new_conn(autocommit=False)
-    populate(caller, T1)
-    tagger = new_conn()
-    tagging = Runner(tag, tagger, M2, HIKING, "Hiking")
-    tagging.start()
-    wait_until_blocked(conn, tagger.info.backend_pid, "the sync of M2")
-    caller.commit()
-    tagging.finish()
     assert populations(conn, T1)[M2] == M2_IN_B1
     assert populations(conn, T1) == Model.load(conn).populations(T1)
     assert_targets_exact(conn, [T1])

@@ -28,7 +28,8 @@ MISSING_BINARIES = (
 )
 
 # Throwaway-cluster settings: durability off (speed), pg_cron preloaded with background workers
-# (its default TCP connections would need passwords), room for many test databases and locks.
+# (its default TCP connections would need passwords), room for many test databases. The lock
+# table keeps PostgreSQL's default size: pgsnap must work on a default-configured server.
 SETTINGS = {
     "listen_addresses": "127.0.0.1",
     "fsync": "off",
@@ -36,7 +37,6 @@ SETTINGS = {
     "full_page_writes": "off",
     "max_connections": "200",
     "max_worker_processes": "32",
-    "max_locks_per_transaction": "256",
 }
 CRON_SETTINGS = {
     "shared_preload_libraries": "pg_cron",

@@ -1,0 +1,189 @@
+"""The engine's economy (docs/rules.md, "Populate"): a populate builds only the snapshots whose
+inputs changed and writes only the rows that differ; the sync's statements keep plans of their
+own, fit for one me_file, even on the connection that has just populated large targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import (
+    CHESS,
+    FEMALE,
+    HIKING,
+    HOBBIES,
+    M1,
+    M2,
+    T1,
+    ZIP_02140,
+    Model,
+    add_group,
+    add_target,
+    execute,
+    populations,
+    rename_trait,
+    row_versions_by_me_file,
+    seed_example_catalogue,
+    seed_worked_example,
+    sync_triggers_disabled,
+    tag,
+    value,
+)
+
+
+def run(conn, target, batch_size=None):
+    """CALL populate_target; its summary (the final notice's DETAIL)."""
+    details = []
+    conn.add_notice_handler(lambda d: details.append(d.message_detail))
+    args = f"{target}" + (f", {batch_size}" if batch_size else "")
+    execute(conn, f"CALL pgsnap.populate_target({args})")
+    summary = json.loads(details[-1])
+    summary.pop("seconds")
+    return summary
+
+
+def rewritten(before, after):
+    return sorted(m for m in set(before) | set(after)
+                  if m not in before or m not in after or before[m].xmin != after[m].xmin)
+
+
+def counts(summary):
+    keys = ("inserted", "moved", "refreshed", "deleted", "unchanged", "snapshots_built")
+    return tuple(summary[k] for k in keys)
+
+
+def test_a_no_op_populate_builds_no_snapshot_and_writes_no_row(conn):
+    seed_worked_example(conn)
+    assert counts(run(conn, T1)) == (3, 0, 0, 0, 0, 3)
+    before = row_versions_by_me_file(conn, T1)
+    assert counts(run(conn, T1)) == (0, 0, 0, 0, 3, 0)
+    assert row_versions_by_me_file(conn, T1) == before
+
+
+@pytest.mark.parametrize("change, expected, changed", [
+    ("a changed tag value", (0, 0, 1, 0, 2, 1), [M1]),
+    ("a moved me_file", (0, 1, 0, 0, 2, 1), [M2]),
+])
+def test_a_change_rewrites_exactly_the_rows_it_affects(conn, change, expected, changed):
+    seed_worked_example(conn)
+    run(conn, T1)
+    before = row_versions_by_me_file(conn, T1)
+    with sync_triggers_disabled(conn):        # the change reaches the rows only through the populate
+        if change == "a changed tag value":
+            execute(conn, "UPDATE me_file_tags SET tag_value = 'Hiking (daily)' WHERE me_file_id = %s"
+                          " AND trait_id = %s", (M1, HIKING))
+        else:
+            tag(conn, M2, CHESS, "Chess")       # Outdoorsy: M2 joins the bullseye
+    assert counts(run(conn, T1)) == expected
+    assert rewritten(before, row_versions_by_me_file(conn, T1)) == changed
+    assert populations(conn, T1) == Model.load(conn).populations(T1)
+
+
+def test_a_renamed_trait_rebuilds_every_snapshot_and_rewrites_those_that_changed(conn):
+    seed_worked_example(conn)
+    run(conn, T1)
+    before = row_versions_by_me_file(conn, T1)
+    rename_trait(conn, HOBBIES, "Pastimes")   # only M1's snapshot shows Hobbies
+    assert counts(run(conn, T1)) == (0, 0, 1, 0, 2, 3)
+    assert rewritten(before, row_versions_by_me_file(conn, T1)) == [M1]
+    assert populations(conn, T1)[M1][1]["tags"][2][1] == "Pastimes"
+    before = row_versions_by_me_file(conn, T1)
+    assert counts(run(conn, T1)) == (0, 0, 0, 0, 3, 0)    # the catalogue its rows reflect is recorded
+    assert row_versions_by_me_file(conn, T1) == before
+
+
+def test_a_blank_value_showing_the_same_text_is_not_a_change(conn):
+    """'02140' -> NULL shows the trait's name, "02140": the same snapshot, the same inputs."""
+    seed_worked_example(conn)
+    run(conn, T1)
+    before = row_versions_by_me_file(conn, T1)
+    with sync_triggers_disabled(conn):
+        execute(conn, "UPDATE me_file_tags SET tag_value = NULL WHERE trait_id = %s", (ZIP_02140,))
+    assert counts(run(conn, T1)) == (0, 0, 0, 0, 3, 0)
+    assert row_versions_by_me_file(conn, T1) == before
+
+
+def test_batches_of_any_size_give_the_same_rows(conn):
+    seed_worked_example(conn)
+    run(conn, T1, batch_size=1)
+    one_by_one = populations(conn, T1)
+    execute(conn, "DELETE FROM target_populations")
+    run(conn, T1, batch_size=1000)
+    assert populations(conn, T1) == one_by_one == Model.load(conn).populations(T1)
+
+
+# -- the sync's plans ------------------------------------------------------------------------------
+WIDE = 3          # targets
+WIDE_ME_FILES = 20_000
+
+
+def seed_wide(conn):
+    """Three targets of 20,000 rows each, every one using Female (the trait the sync changes)."""
+    seed_example_catalogue(conn)
+    add_group(conn, 70, [FEMALE])
+    for target in range(1, WIDE + 1):
+        add_target(conn, 10 + target, bands=[(100 + target, [70])])
+    execute(conn, "INSERT INTO me_files (id) SELECT g FROM generate_series(1, %s) g", (WIDE_ME_FILES,))
+    execute(conn, "INSERT INTO me_file_tags (me_file_id, trait_id, tag_value)"
+                  " SELECT g, %s, 'Female' FROM generate_series(1, %s) g", (FEMALE, WIDE_ME_FILES))
+
+
+def sync_plans(conn, statement):
+    """The plans of the statements a tag write runs (auto_explain, nested statements, LOG
+    messages sent to this client)."""
+    plans = []
+    handler = lambda d: plans.append(d.message_primary)  # noqa: E731
+    conn.add_notice_handler(handler)
+    try:
+        execute(conn, "LOAD 'auto_explain'")
+        execute(conn, "SET auto_explain.log_min_duration = 0")
+        execute(conn, "SET auto_explain.log_nested_statements = on")
+        execute(conn, "SET auto_explain.log_format = json")
+        execute(conn, "SET client_min_messages = log")
+        execute(conn, statement)
+        execute(conn, "SET auto_explain.log_min_duration = -1")
+        execute(conn, "SET client_min_messages = notice")
+    finally:
+        conn.remove_notice_handler(handler)
+    return [json.loads(p.split("plan:", 1)[1]) for p in plans if "plan:" in p]
+
+
+def scans(node, found=None):
+    found = [] if found is None else found
+    if "Relation Name" in node:
+        found.append((node["Node Type"], node["Relation Name"], node.get("Index Name")))
+    for child in node.get("Plans", []):
+        scans(child, found)
+    return found
+
+
+def test_the_sync_after_a_large_populate_on_the_same_connection_reads_by_index(conn):
+    seed_wide(conn)
+    # plans this connection caches (custom plans five times, then a generic one) while the
+    # table is still empty: a maintained target without rows, and syncs that find nothing ...
+    execute(conn, "UPDATE targets SET population_status = 'populated' WHERE id = 11")
+    for me_file in range(1, 8):
+        execute(conn, "DELETE FROM me_file_tags WHERE me_file_id = %s AND trait_id = %s", (me_file, FEMALE))
+    assert value(conn, "SELECT count(*) FROM target_populations") == 0
+    for target in range(11, 11 + WIDE):
+        run(conn, target)                          # ... then 60,000 rows, on the same connection
+    assert value(conn, "SELECT count(*) FROM target_populations") == WIDE * (WIDE_ME_FILES - 7)
+    plans = sync_plans(conn, f"DELETE FROM me_file_tags WHERE me_file_id = 77 AND trait_id = {FEMALE}")
+    population_scans = [s for p in plans for s in scans(p["Plan"])
+                        if s[1] == "target_populations" and s[0] != "ModifyTable"]
+    assert population_scans, plans
+    # by index (target_id, me_file_id), or me_file_id: never a sequential scan of the 60,000 rows
+    kinds = {kind for kind, _, _ in population_scans}
+    assert kinds <= {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}, population_scans
+    assert {index for _, _, index in population_scans if index} <= {
+        "target_populations_target_id_me_file_id_key", "target_populations_me_file_id_idx",
+        "target_populations_pkey"}, population_scans
+    assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
+
+
+def test_a_large_populate_leaves_the_table_analysed(conn):
+    seed_wide(conn)
+    run(conn, 11)
+    assert value(conn, "SELECT reltuples FROM pg_class"
+                       " WHERE oid = 'target_populations'::regclass") == WIDE_ME_FILES
