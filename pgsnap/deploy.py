@@ -26,7 +26,9 @@ How `migrate` applies the pending migrations:
 * The deployed `sql/` is recorded by checksum (`pgsnap.settings` key `sql_checksum`).
 """
 
+import contextlib
 import hashlib
+import io
 import os
 import re
 import time
@@ -43,13 +45,12 @@ from psycopg import sql
 from yoyo import exceptions as yoyo_exceptions
 from yoyo import get_backend
 from yoyo import read_migrations as yoyo_read_migrations
-from yoyo.migrations import Migration, MigrationList, topological_sort
+from yoyo.migrations import Migration, MigrationList
 
-from pgsnap import backfill as safety_net
-from pgsnap import resources
+from pgsnap import procedures, resources
 from pgsnap.db import connect, parse_dsn
 from pgsnap.errors import Exit, PgsnapError, describe_db_error
-from pgsnap.health import snapshot_health
+from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
 
 MIGRATION_TABLE = "_yoyo_migration"  # yoyo's default; read directly by status/check_current
 CHECKSUM_KEY = "sql_checksum"
@@ -150,6 +151,16 @@ def execution_order(pending: list[Migration], applied: set[str]) -> list[Migrati
         done.add(chosen.id)
         rest.remove(chosen)
     return order
+
+
+def wanted_ids(migrations: MigrationList, to: str | None) -> set[str]:
+    """The migrations `--to ID` selects: ID and everything `migrate` applies before it (in its
+    order: every plain migration before the enforcement steps); all of them without `--to`."""
+    if to is None:
+        return {m.id for m in migrations}
+    known_id(migrations, to)
+    order = [m.id for m in execution_order(list(migrations), set())]
+    return set(order[: order.index(to) + 1])
 
 
 def steps_of(order: list[Migration]) -> list[list[Migration]]:
@@ -391,7 +402,6 @@ class MigrateResult:
     backfilled: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None  # set when --no-backfill stopped before an enforcement step
     sql_files: int = 0  # sql/ files deployed (0: not deployed, e.g. no pgsnap schema yet)
-    sql_skipped: str | None = None  # why sql/ was left out (--to stopped inside a step)
 
 
 def validate_lock_timeout(value: str) -> str:
@@ -414,9 +424,16 @@ def _step_tables(step: list[Migration]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for m in step if (mk := marker_of(m)) for t in mk.tables))
 
 
+def _steps(backend, migration: Migration, direction: str) -> None:
+    """yoyo's process_steps, without the result tables yoyo prints for statements that return rows
+    (a migration's `SELECT 1` must not end up in pgsnap's output)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        migration.process_steps(backend, direction)
+
+
 def _apply_migration(backend, migration: Migration) -> None:
     try:
-        migration.process_steps(backend, "apply")
+        _steps(backend, migration, "apply")
     except yoyo_exceptions.BadMigration as exc:
         raise PgsnapError(f"bad migration {migration.id}: {exc}") from None
     except psycopg.Error as exc:
@@ -432,30 +449,32 @@ def _record(backend, step: list[Migration]) -> None:
         backend.log_migration(m, "apply")
 
 
-def _apply_step(backend, step: list[Migration], timeout: str, deploy: str) -> tuple[int, str | None]:
-    """One step in one transaction: its migrations, `sql/` (deploy = "yes", "try" or "no") and
-    the records. Returns (sql/ files deployed, why sql/ was left out)."""
+def _apply_step(backend, step: list[Migration], timeout: str, end: str | None = None) -> int:
+    """One step in one transaction: its migrations, `sql/` and the records; returns the sql/
+    files deployed. `end`: the migration the whole step would end with, when `--to` stops
+    inside it; if sql/ cannot be deployed without the rest of the step, nothing is applied
+    (the application would otherwise run without the behaviour the migrations need)."""
     conn = backend.connection
     if not step[0].use_transactions:  # yoyo runs it outside any transaction; record it after
         _apply_migration(backend, step[0])
         with backend.transaction():
             _record(backend, step)
-        return 0, None
-    skipped = None
+        return 0
     with backend.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [timeout])
         for m in step:
             _apply_migration(backend, m)
-        files: list[Path] = []
-        if deploy == "yes":
+        try:
             files = deploy_sql(conn)
-        elif deploy == "try":
-            try:
-                files = deploy_sql(conn)  # a savepoint: a failure leaves the migrations in place
-            except PgsnapError as exc:
-                skipped = f"{exc}".replace("; nothing was deployed", "")
+        except PgsnapError as exc:
+            if end is None:
+                raise
+            why = str(exc).removesuffix("; nothing was deployed")
+            raise PgsnapError(f"--to {step[-1].id} stops inside a step whose sql/ needs the rest of it, "
+                              f"up to {end} ({why}); nothing was applied: use --to {end}",
+                              Exit.CANNOT_RUN) from None
         _record(backend, step)
-    return len(files), skipped
+    return len(files)
 
 
 def migrate(
@@ -483,8 +502,7 @@ def migrate(
         raise PgsnapError(f"batch size must be a positive integer, got {backfill_batch_size}",
                           Exit.CANNOT_RUN)
     migrations = read_migrations()
-    ids = [m.id for m in migrations]
-    wanted = set(ids[: ids.index(known_id(migrations, to)) + 1]) if to else set(ids)
+    wanted = wanted_ids(migrations, to)
     result = MigrateResult()
     with connect(dsn) as conn:
         _check_lock_timeout_on_server(conn, policy.timeout)
@@ -512,20 +530,23 @@ def migrate(
                         break
                     say("backfilling NULL snapshots")
                     # a recorded run of the safety net, to the end
-                    result.backfilled = safety_net.run(conn, backfill_batch_size or 500,
-                                                       on_progress=on_progress).filled
+                    def progress(event: procedures.Event) -> None:
+                        if on_progress is not None and event["event"] == "batch":
+                            on_progress(event["done"], event["total"])
+
+                    done = procedures.backfill(conn, backfill_batch_size, on_event=progress)
+                    result.backfilled = {t: int(done[t]) for t in SNAPSHOT_TABLES}
                     require_no_null_snapshots(conn)
                     prepared = True
                 for m in step:
                     say(f"applying {m.id}")
-                mode = "yes" if len(step) == len(whole) else "try"
+                end = whole[-1].id if len(step) < len(whole) else None
                 tables = _step_tables(step)
                 what = f"lock {Marker('lock', tables).what}" if tables else f"apply {step[0].id}"
-                files, skipped = policy.run(lambda s=step, d=mode: _apply_step(backend, s, policy.timeout, d),
-                                            conn, tables, what)
+                files = policy.run(lambda s=step, e=end: _apply_step(backend, s, policy.timeout, e),
+                                   conn, tables, what)
                 result.applied += [m.id for m in step]
                 result.sql_files = files or result.sql_files
-                result.sql_skipped = skipped
             if not result.applied and not result.stopped:
                 files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
                                    "deploy sql/")
@@ -546,8 +567,10 @@ class RollbackPlan:
 
 
 def applied_latest_first(migrations: MigrationList, applied: dict[str, datetime]) -> list[Migration]:
-    """The applied migrations in the order a rollback undoes them (yoyo's: dependents first)."""
-    return list(reversed(list(topological_sort(m for m in migrations if m.id in applied))))
+    """The applied migrations in the order a rollback undoes them: the reverse of the order they
+    were applied in (which respected their dependencies)."""
+    by_id = {m.id: m for m in migrations}
+    return [by_id[mid] for mid in reversed(list(applied)) if mid in by_id]
 
 
 def _rollback_targets(migrations: MigrationList, applied: list[Migration], to: str | None,
@@ -605,7 +628,7 @@ def rollback(dsn: str, to: str | None = None, all_: bool = False, *, expected: l
             say(f"rolling back {m.id}")
             try:
                 with backend.transaction():
-                    m.process_steps(backend, "rollback")
+                    _steps(backend, m, "rollback")
                     backend.unmark_one(m, log=False)
                     backend.log_migration(m, "rollback")
             except psycopg.Error as exc:

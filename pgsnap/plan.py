@@ -123,8 +123,7 @@ def _estimate(conn: psycopg.Connection, total: int, installed: bool) -> dict:
 
 def plan(dsn: str, to: str | None = None) -> dict:
     migrations = deploy.read_migrations()
-    ids = [m.id for m in migrations]
-    wanted = set(ids[: ids.index(deploy.known_id(migrations, to)) + 1]) if to else set(ids)
+    wanted = deploy.wanted_ids(migrations, to)
     with connect(dsn) as conn:
         deploy.check_current(conn, allow_behind=True)
         applied = deploy.applied_migrations(conn)
@@ -147,7 +146,7 @@ def plan(dsn: str, to: str | None = None) -> dict:
                                 "locks": [{"table": t, "mode": mode} for t, mode in locks.items()],
                                 "unread": unread})
             steps.append({"migrations": entries,
-                          "sql": "deployed" if len(step) == len(whole) else "if it can be"})
+                          "sql": "deployed" if len(step) == len(whole) else "if it can be without the rest"})
         files = resources.sql_files()
         checksum, deployed = deploy.sql_checksum(files), deploy.deployed_checksum(conn)
         backfill = _backfill(conn) if backfill_before else None

@@ -517,7 +517,7 @@ def test_cli_backfill_runs_resumably_in_bounded_batches(journey, empty_db_dsn, c
     conn, legacy = journey
     first = cli("backfill", "--batch-size", "1", "--max-batches", "1", dsn=empty_db_dsn)
     assert (first.exit_code, first.stdout, first.stderr) == (
-        0, "backfill run 1 succeeded: 1 batches; filled target_populations 1, offers 1, ad_events 1\n", "")
+        0, "backfill run 1 stopped: 1 batches; filled target_populations 1, offers 1, ad_events 1\n", "")
     assert null_counts(conn) == {"target_populations": 2, "offers": 5, "ad_events": 9}
     rest = cli("backfill", dsn=empty_db_dsn)
     assert (rest.exit_code, rest.stdout) == (
@@ -526,7 +526,7 @@ def test_cli_backfill_runs_resumably_in_bounded_batches(journey, empty_db_dsn, c
     again = cli("backfill", dsn=empty_db_dsn)
     assert again.stdout == (
         "backfill run 3 succeeded: 0 batches; filled target_populations 0, offers 0, ad_events 0\n")
-    assert runs(conn) == [("succeeded", 1, 1, 1, 1, None), ("succeeded", 1, 2, 5, 9, None),
+    assert runs(conn) == [("stopped", 1, 1, 1, 1, None), ("succeeded", 1, 2, 5, 9, None),
                           ("succeeded", 0, 0, 0, 0, None)]
 
 

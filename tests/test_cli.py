@@ -141,7 +141,9 @@ def test_a_lock_not_obtained_in_time_exits_3(cli, seeded, new_conn):
 # -- --json ----------------------------------------------------------------------------------------
 JSON_COMMANDS = [["check", "--json"], ["status", "--json"], ["verify", "1", "--json"],
                  ["migrations", "--json"], ["migrate", "--plan", "--json"], ["migrate", "--json"],
-                 ["adopt", "--json"], ["schedule", "list", "--json"], ["schedule", "next", "--json"]]
+                 ["adopt", "--json"], ["schedule", "list", "--json"], ["schedule", "next", "--json"],
+                 ["populate", "1", "--json"], ["backfill", "--json"], ["backfill", "--dry-run", "--json"],
+                 ["backfill", "--band", "1", "--json"]]
 
 
 @pytest.mark.parametrize("args", JSON_COMMANDS, ids=" ".join)
@@ -170,11 +172,12 @@ def test_json_outputs_say_what_the_text_says(cli, seeded):
     assert verify["counts"] == {"extra": 3} and verify["differences"][0] == {
         "me_file_id": 1, "problem": "extra", "expected_band": None, "actual_band": B1}
     assert cli("schedule", "install", "--runner", "pgsnap").exit_code == 0
-    (job,) = json.loads(cli("schedule", "list", "--json").stdout)
+    (job, _stale) = json.loads(cli("schedule", "list", "--json").stdout)
     assert {k: job[k] for k in ("runner", "name", "schedule", "active", "last_start")} == {
         "runner": "pgsnap", "name": "pgsnap-backfill", "schedule": "0 * * * *", "active": True,
         "last_start": None}
-    (upcoming,) = json.loads(cli("schedule", "next", "--json", "--count", "2").stdout)
+    (upcoming,) = json.loads(
+        cli("schedule", "next", "--json", "--count", "2", "--name", "pgsnap-backfill").stdout)
     assert [t[14:] for t in upcoming["next_runs"]] == ["00:00Z", "00:00Z"]  # on the hour
     migrations = json.loads(cli("migrations", "--json").stdout)
     assert [m["id"] for m in migrations if m["applied_at"] is None] == []

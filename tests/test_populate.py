@@ -618,10 +618,10 @@ SUMMARY_KEYS = {"target_id", "inserted", "moved", "deleted", "refreshed", "uncha
 
 
 def json_summaries(output):
-    """One JSON object per target, one per line."""
+    """One JSON object per target, one per line: the procedure's final NOTICE (its DETAIL)."""
     objects = [json.loads(line) for line in output.splitlines() if line.strip()]
     for obj in objects:
-        assert set(obj) == SUMMARY_KEYS
+        assert SUMMARY_KEYS <= set(obj) and (obj["event"], obj["job"]) == ("done", "populate")
         assert isinstance(obj["seconds"], (int, float)) and obj["seconds"] >= 0
     return objects
 
@@ -728,4 +728,5 @@ def test_cli_populate_bad_batch_size_is_a_usage_error(conn, cli):
 def test_cli_populate_needs_ids_or_all(conn, cli):
     for args in ((), ("--all", "1")):
         result = cli("populate", *args)
-        assert (result.exit_code, result.stderr) == (2, "error: give TARGET_ID... or --all (not both)\n")
+        assert (result.exit_code, result.stderr) == (
+            2, "error: give TARGET_ID..., --all or --stale (one of them)\n")

@@ -26,7 +26,21 @@ import pytest
 from pgsnap import deploy
 from pgsnap.errors import PgsnapError
 from pgsnap.schedule.scheduler import Scheduler, leader_pid
-from tests.helpers import add_group, add_me_file, add_target, add_trait, execute, rows, tag, value, wait_until
+from tests.helpers import (
+    M1,
+    T1,
+    add_group,
+    add_me_file,
+    add_target,
+    add_trait,
+    execute,
+    populate,
+    rows,
+    seed_worked_example,
+    tag,
+    value,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -334,30 +348,44 @@ def test_sigterm_stops_a_backfill_after_its_current_batch(legacy_dsn, procs):
         assert rows(c, "SELECT id FROM target_populations WHERE matching_tags_snapshot IS NOT NULL"
                        " ORDER BY id") == [(1,), (2,), (3,)]
         assert [r[0::2] for r in runs(c, jobid)] == [("stopped", True)]
+        run_id = value(c, "SELECT id FROM pgsnap.backfill_runs")
         assert runs(c, jobid)[0][3] == (
-            "backfill stopped: 3 batches, 3 target_populations, 0 offers, 0 ad_events")
+            f"backfill run {run_id} stopped: 3 batches; filled target_populations 3, offers 0, ad_events 0")
         assert value(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
                         "(SELECT oid FROM pg_database WHERE datname = current_database())") == 0
 
 
 def test_backfill_that_finds_another_run_active_is_recorded_skipped(cli, conn, new_conn):
+    """The procedure's final NOTICE says how its run went: skipped (another run is busy, held
+    inside its first batch here), then succeeded."""
     assert cli("schedule", "install", "--runner", "pgsnap").exit_code == 0
+    execute(conn, """
+        CREATE FUNCTION public.test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+        CREATE TRIGGER test_hold BEFORE UPDATE ON target_populations
+           FOR EACH ROW EXECUTE FUNCTION public.test_hold()""")
+    execute(conn, "ALTER TABLE target_populations ALTER COLUMN matching_tags_snapshot DROP NOT NULL")
+    seed_worked_example(conn)
+    populate(conn, T1)
+    execute(conn, "UPDATE target_populations SET matching_tags_snapshot = NULL WHERE me_file_id = %s", (M1,))
     other = new_conn()
-    execute(other, "SELECT pg_advisory_lock(pgsnap.lock_key('backfill'))")
-    result = cli("schedule", "run", "--once", "pgsnap-backfill")
+    with holding(conn):
+        busy = threading.Thread(target=lambda: execute(other, "CALL pgsnap.backfill_missing_snapshots()"))
+        busy.start()
+        wait_until(lambda: rows(conn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                                      " AND wait_event = 'advisory'", (other.info.backend_pid,)),
+                   what="the other run to be busy")
+        result = cli("schedule", "run", "--once", "pgsnap-backfill")
+    busy.join(60)
+    busy_run, skipped_run = (r[0] for r in rows(conn, "SELECT id FROM pgsnap.backfill_runs ORDER BY id")[-2:])
     assert (result.exit_code, result.stdout) == (
-        0, "pgsnap-backfill: skipped (pgsnap backfill: another run is active; skipped)\n")
-    execute(other, "SELECT pg_advisory_unlock(pgsnap.lock_key('backfill'))")
+        0, f"pgsnap-backfill: skipped (backfill run {skipped_run} skipped: another run is active)\n")
     result = cli("schedule", "run", "--once", "pgsnap-backfill")
-    assert (result.exit_code, result.stdout) == (0, (
-        "pgsnap-backfill: succeeded (backfill succeeded: 0 batches, 0 target_populations, "
-        "0 offers, 0 ad_events)\n"))
-    assert rows(conn, "SELECT status, return_message FROM pgsnap.job_run_details "
-                      "ORDER BY runid") == [
-        ("skipped", "pgsnap backfill: another run is active; skipped"),
-        ("succeeded", "backfill succeeded: 0 batches, 0 target_populations, 0 offers, "
-                      "0 ad_events"),
-    ]
+    done = backfill_done(skipped_run + 1)
+    assert (result.exit_code, result.stdout) == (0, f"pgsnap-backfill: succeeded ({done})\n")
+    assert rows(conn, "SELECT status, return_message FROM pgsnap.job_run_details ORDER BY runid") == [
+        ("skipped", f"backfill run {skipped_run} skipped: another run is active"), ("succeeded", done)]
+    assert busy_run < skipped_run
 
 
 def test_history_is_pruned_beyond_the_retention(db_dsn, conn):
@@ -413,29 +441,47 @@ def test_a_leader_that_loses_its_connection_stops_with_an_error(db_dsn, conn):
 # -- the CLI with pgsnap's runner ---------------------------------------------------------
 
 
+BACKFILL = "CALL pgsnap.backfill_missing_snapshots()"
+STALE = "CALL pgsnap.repopulate_stale_targets()"
+
+
+def backfill_done(run_id: int) -> str:
+    return f"backfill run {run_id} succeeded: 0 batches; filled target_populations 0, offers 0, ad_events 0"
+
+
+def utc_text(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+
+
 def test_install_list_next_remove_with_the_pgsnap_runner(cli, conn):
     first = cli("schedule", "install", "--runner", "pgsnap")
     again = cli("schedule", "install", "--runner", "pgsnap", "--schedule", "*/30 6 * * *")
-    jobid = value(conn, "SELECT jobid FROM pgsnap.jobs")
+    backfill, stale = (r[0] for r in rows(conn, "SELECT jobid FROM pgsnap.jobs ORDER BY jobid"))
     assert (first.exit_code, again.exit_code) == (0, 0)
-    assert again.stdout == (f'pgsnap job {jobid} "pgsnap-backfill" runs "CALL '
-                            'pgsnap.backfill_missing_snapshots()" at "*/30 6 * * *" UTC '
-                            "once `pgsnap schedule run` runs\n")
-    assert rows(conn, "SELECT jobname, schedule, command, active FROM pgsnap.jobs") == [
-        ("pgsnap-backfill", "*/30 6 * * *", "CALL pgsnap.backfill_missing_snapshots()", True)]
+    assert again.stdout == (
+        f'pgsnap job {backfill} "pgsnap-backfill" runs "{BACKFILL}" at "*/30 6 * * *" UTC '
+        "once `pgsnap schedule run` runs\n"
+        f'pgsnap job {stale} "pgsnap-stale" runs "{STALE}" at "*/5 * * * *" UTC '
+        "once `pgsnap schedule run` runs\n")
+    assert rows(conn, "SELECT jobname, schedule, command, active FROM pgsnap.jobs ORDER BY jobid") == [
+        ("pgsnap-backfill", "*/30 6 * * *", BACKFILL, True), ("pgsnap-stale", "*/5 * * * *", STALE, True)]
 
     assert cli("schedule", "run", "--once", "pgsnap-backfill").exit_code == 0
-    start = value(conn, "SELECT start_time FROM pgsnap.job_run_details")
+    assert cli("schedule", "run", "--once", "pgsnap-stale").exit_code == 0
+    (start_b, start_s) = (r[0] for r in rows(conn, "SELECT start_time FROM pgsnap.job_run_details"
+                                                   " ORDER BY runid"))
+    run_id = value(conn, "SELECT max(id) FROM pgsnap.backfill_runs")
     listed = cli("schedule", "list")
     assert listed.exit_code == 0
-    assert listed.stdout.splitlines()[1].split("  ")[:1] == ["pgsnap"]
-    assert [c.strip() for c in listed.stdout.splitlines()[1].split("  ") if c.strip()] == [
-        "pgsnap", str(jobid), "pgsnap-backfill", "*/30 6 * * *", "yes",
-        f"{start.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "succeeded",
-        "backfill succeeded: 0 batches, 0 target_populations, 0 offers, 0 ad_events"]
+    cells = [[c.strip() for c in line.split("  ") if c.strip()] for line in listed.stdout.splitlines()[1:]]
+    assert cells == [
+        ["pgsnap", str(backfill), "pgsnap-backfill", "*/30 6 * * *", "yes", utc_text(start_b), "succeeded",
+         backfill_done(run_id)],
+        ["pgsnap", str(stale), "pgsnap-stale", "*/5 * * * *", "yes", utc_text(start_s), "succeeded",
+         "CALL"]]  # nothing was stale: no target to re-populate
 
     before = datetime.now(UTC)
-    nxt = cli("schedule", "next", "--count", "3")
+    nxt = cli("schedule", "next", "--count", "3", "--name", "pgsnap-backfill")
     after = datetime.now(UTC)
 
     def listing(now: datetime) -> str:
@@ -448,9 +494,10 @@ def test_install_list_next_remove_with_the_pgsnap_runner(cli, conn):
     assert nxt.stdout in (listing(before), listing(after))
 
     removed = cli("schedule", "remove")
-    assert removed.stdout == f'removed pgsnap job {jobid} "pgsnap-backfill"\n'
+    assert removed.stdout == (f'removed pgsnap job {backfill} "pgsnap-backfill"\n'
+                              f'removed pgsnap job {stale} "pgsnap-stale"\n')
     assert value(conn, "SELECT count(*) FROM pgsnap.jobs") == 0
-    assert cli("schedule", "remove").stdout == 'no job named "pgsnap-backfill"\n'
+    assert cli("schedule", "remove").stdout == 'no job named "pgsnap-backfill"\nno job named "pgsnap-stale"\n'
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -489,7 +536,8 @@ def cron_job(pg_server, db_dsn):
     name = f"pgsnap-backfill-{psycopg.conninfo.conninfo_to_dict(db_dsn)['dbname']}"
     yield name
     with psycopg.connect(pg_server.dsn(pg_server.cron_dbname), autocommit=True) as c:
-        c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %s", (name,))
+        c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname IN (%s, %s)",
+                  (name, f"{name}-stale"))
 
 
 def cron_rows(pg_server, query: str, params=()) -> list[tuple]:
@@ -500,27 +548,31 @@ def cron_rows(pg_server, query: str, params=()) -> list[tuple]:
 def test_pg_cron_install_twice_keeps_one_job_and_remove_removes_it(cli, pg_server, db_dsn,
                                                                     cron_job):
     dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
-    first = cli("schedule", "install", "--name", cron_job)
-    second = cli("schedule", "install", "--name", cron_job, "--schedule", "@daily")
-    (jobid, schedule, command, database), = cron_rows(
+    names = ("--name", cron_job, "--stale-name", f"{cron_job}-stale")
+    first = cli("schedule", "install", *names)
+    second = cli("schedule", "install", *names, "--schedule", "@daily")
+    (jobid, schedule, command, database), (stale_id, *stale) = cron_rows(
         pg_server, "SELECT jobid, schedule, command, database FROM cron.job "
-                   "WHERE jobname = %s", (cron_job,))
+                   "WHERE jobname IN (%s, %s) ORDER BY jobid", (cron_job, f"{cron_job}-stale"))
     assert (first.exit_code, second.exit_code) == (0, 0)
-    assert second.stdout == (f'pg_cron job {jobid} "{cron_job}" runs "CALL '
-                             'pgsnap.backfill_missing_snapshots()" at "@daily" UTC in '
-                             f"database {dbname} (from database {pg_server.cron_dbname})\n")
-    assert (schedule, command, database) == (
-        "@daily", "CALL pgsnap.backfill_missing_snapshots()", dbname)
-    removed = cli("schedule", "remove", "--name", cron_job)
-    assert removed.stdout == f'removed pg_cron job {jobid} "{cron_job}"\n'
-    assert cron_rows(pg_server, "SELECT jobid FROM cron.job WHERE jobname = %s",
-                     (cron_job,)) == []
+    where = f"database {dbname} (from database {pg_server.cron_dbname})"
+    assert second.stdout == (f'pg_cron job {jobid} "{cron_job}" runs "{BACKFILL}" at "@daily" UTC'
+                             f" in {where}\n"
+                             f'pg_cron job {stale_id} "{cron_job}-stale" runs "{STALE}" at "*/5 * * * *" UTC'
+                             f" in {where}\n")
+    assert (schedule, command, database) == ("@daily", BACKFILL, dbname)
+    assert stale == ["*/5 * * * *", STALE, dbname]
+    removed = cli("schedule", "remove", *names)
+    assert removed.stdout == (f'removed pg_cron job {jobid} "{cron_job}"\n'
+                              f'removed pg_cron job {stale_id} "{cron_job}-stale"\n')
+    assert cron_rows(pg_server, "SELECT jobid FROM cron.job WHERE jobname IN (%s, %s)",
+                     (cron_job, f"{cron_job}-stale")) == []
 
 
 def test_pg_cron_refuses_a_name_taken_in_another_database(cli, pg_server, cron_job):
     with psycopg.connect(pg_server.dsn(pg_server.cron_dbname), autocommit=True) as c:
         c.execute("SELECT cron.schedule(%s, '@daily', 'SELECT 1')", (cron_job,))
-    result = cli("schedule", "install", "--name", cron_job)
+    result = cli("schedule", "install", "--name", cron_job, "--stale-name", f"{cron_job}-stale")
     assert (result.exit_code, result.stderr) == (1, (
         f'error: pg_cron job "{cron_job}" already runs in database '
         f"{pg_server.cron_dbname}; remove it there or choose another --name\n"))
@@ -528,8 +580,8 @@ def test_pg_cron_refuses_a_name_taken_in_another_database(cli, pg_server, cron_j
 
 @pytest.mark.slow
 def test_pg_cron_runs_the_installed_job_within_75_seconds(cli, pg_server, cron_job):
-    assert cli("schedule", "install", "--name", cron_job, "--schedule",
-               "* * * * *").exit_code == 0
+    assert cli("schedule", "install", "--name", cron_job, "--stale-name", f"{cron_job}-stale",
+               "--schedule", "* * * * *").exit_code == 0
     (jobid,) = cron_rows(pg_server, "SELECT jobid FROM cron.job WHERE jobname = %s",
                          (cron_job,))[0]
 

@@ -4,8 +4,11 @@ import time
 
 import click
 
+from pgsnap.config import resolve_dsn
 from pgsnap.demo import story
 from pgsnap.demo.cluster import EmbeddedCluster
+
+NAME = "pgsnap demo"  # the sessions' application_name
 
 
 @click.command()
@@ -17,11 +20,11 @@ from pgsnap.demo.cluster import EmbeddedCluster
 def demo(me_files, seed, keep, demo_dsn) -> None:
     """Run the whole pgsnap story on generated data, in a private throwaway PostgreSQL."""
     if demo_dsn is not None:
-        story.run(demo_dsn, me_files=me_files, seed=seed)
+        story.run(resolve_dsn(demo_dsn, application_name=NAME), me_files=me_files, seed=seed)
         return
     click.echo("starting a throwaway PostgreSQL 15 cluster ...", err=True)
     with EmbeddedCluster() as pg:
-        story.run(pg.dsn(), me_files=me_files, seed=seed)
+        story.run(resolve_dsn(pg.dsn(), application_name=NAME), me_files=me_files, seed=seed)
         if keep:
             click.echo(f"the cluster keeps running: psql \"{pg.dsn()}\"; press Ctrl+C to stop it", err=True)
             try:

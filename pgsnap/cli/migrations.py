@@ -46,7 +46,7 @@ def migrate(app: App, to, no_backfill, lock_timeout, lock_retries, batch_size, s
         )
     if as_json:
         echo_json({"applied": result.applied, "backfilled": result.backfilled, "stopped": result.stopped,
-                   "sql_files": result.sql_files, "sql_skipped": result.sql_skipped})
+                   "sql_files": result.sql_files})
         return
     if any(result.backfilled.values()):
         click.echo("backfilled " + ", ".join(f"{t} {n}" for t, n in result.backfilled.items()))
@@ -56,9 +56,6 @@ def migrate(app: App, to, no_backfill, lock_timeout, lock_retries, batch_size, s
         click.echo("nothing to apply: the database is up to date" + (f" (up to {to})" if to else ""))
     if result.sql_files:
         click.echo(f"deployed {result.sql_files} sql/ files")
-    if result.sql_skipped:
-        click.echo(f"sql/ not deployed at this point ({result.sql_skipped}); "
-                   "`pgsnap migrate` without --to deploys it")
 
 
 def echo_plan(found: dict) -> None:
@@ -70,7 +67,8 @@ def echo_plan(found: dict) -> None:
         if backfill and first["id"] == backfill["before"]:
             echo_backfill(backfill)
         kind = "enforcement step" if first["enforcement"] else "step"
-        sql = "with sql/" if step["sql"] == "deployed" else "with sql/ if it can be deployed there"
+        sql = ("with sql/" if step["sql"] == "deployed" else
+               "with sql/, refused if sql/ needs the rest of the step")
         transaction = "one transaction" if first["transactional"] else "no transaction (transactional: false)"
         click.echo(f"{kind} {n} ({transaction}, {sql}):")
         rows = []

@@ -13,46 +13,57 @@ from pgsnap.schedule import cron, jobs, scheduler
 
 @click.group("schedule")
 def schedule() -> None:
-    """Schedule the safety-net backfill (pg_cron, or `pgsnap schedule run`)."""
+    """Schedule the backfill and the stale targets' re-population (pg_cron, or `pgsnap schedule run`)."""
 
 
 @schedule.command("install")
-@click.option("--schedule", "expr", default=jobs.DEFAULT_SCHEDULE, show_default=True,
-              help="pg_cron 1.4 expression, UTC.")
-@click.option("--name", default=jobs.DEFAULT_NAME, show_default=True)
+@click.option("--schedule", "expr", default=jobs.BACKFILL.schedule, show_default=True,
+              help="When the backfill job runs: pg_cron 1.4 expression, UTC.")
+@click.option("--name", default=jobs.BACKFILL.name, show_default=True, help="The backfill job's name.")
+@click.option("--stale-schedule", "stale_expr", default=jobs.STALE.schedule, show_default=True,
+              help="When the stale-targets job runs.")
+@click.option("--stale-name", default=jobs.STALE.name, show_default=True,
+              help="The stale-targets job's name.")
 @click.option("--runner", type=click.Choice(["auto", "pg_cron", "pgsnap"]),
               default="auto", show_default=True,
               help="auto: pg_cron when the extension is installed, else pgsnap's "
                    "scheduler.")
 @pass_app
-def install_cmd(app: App, expr: str, name: str, runner: str) -> None:
-    """Register the backfill job (idempotent by name)."""
-    parsed = jobs.parse_schedule(expr, runner)  # before connecting
+def install_cmd(app: App, expr: str, name: str, stale_expr: str, stale_name: str, runner: str) -> None:
+    """Register the backfill job and the stale-targets job (idempotent by name)."""
+    wanted = [(name, jobs.parse_schedule(expr, runner), jobs.BACKFILL.command),  # before connecting
+              (stale_name, jobs.parse_schedule(stale_expr, runner), jobs.STALE.command)]
+    if name == stale_name:
+        raise PgsnapError(f'the two jobs need two names, not "{name}" twice', Exit.CANNOT_RUN)
     with jobs.runners(app.connect(), app.dsn) as r:
-        used, jobid, removed = jobs.install(r, name, parsed, runner)
-        if used == "pg_cron":
-            where = "" if r.cron is r.conn else f" (from database {r.cron_dbname})"
-            click.echo(f'pg_cron job {jobid} "{name}" runs "{jobs.BACKFILL_COMMAND}" at '
-                       f'"{expr.strip()}" UTC in database {r.dbname}{where}')
-        else:
-            why = f" ({r.cron_problem})" if runner == "auto" else ""
-            click.echo(f'pgsnap job {jobid} "{name}" runs "{jobs.BACKFILL_COMMAND}" at '
-                       f'"{expr.strip()}" UTC once `pgsnap schedule run` runs{why}')
-        for other, other_id in removed:
-            click.echo(f'removed {other} job {other_id} "{name}" (a job lives in one runner)')
+        for job_name, parsed, command in wanted:
+            used, jobid, removed = jobs.install(r, job_name, parsed, runner, command)
+            if used == "pg_cron":
+                where = "" if r.cron is r.conn else f" (from database {r.cron_dbname})"
+                click.echo(f'pg_cron job {jobid} "{job_name}" runs "{command}" at '
+                           f'"{parsed.expr}" UTC in database {r.dbname}{where}')
+            else:
+                why = f" ({r.cron_problem})" if runner == "auto" else ""
+                click.echo(f'pgsnap job {jobid} "{job_name}" runs "{command}" at '
+                           f'"{parsed.expr}" UTC once `pgsnap schedule run` runs{why}')
+            for other, other_id in removed:
+                click.echo(f'removed {other} job {other_id} "{job_name}" (a job lives in one runner)')
 
 
 @schedule.command("remove")
-@click.option("--name", default=jobs.DEFAULT_NAME, show_default=True)
+@click.option("--name", default=jobs.BACKFILL.name, show_default=True, help="The backfill job's name.")
+@click.option("--stale-name", default=jobs.STALE.name, show_default=True,
+              help="The stale-targets job's name.")
 @pass_app
-def remove_cmd(app: App, name: str) -> None:
-    """Remove the job from pg_cron and from pgsnap's scheduler."""
+def remove_cmd(app: App, name: str, stale_name: str) -> None:
+    """Remove both jobs from pg_cron and from pgsnap's scheduler."""
     with jobs.runners(app.connect(), app.dsn) as r:
-        removed = jobs.remove(r, name)
-    for runner, jobid in removed:
-        click.echo(f'removed {runner} job {jobid} "{name}"')
-    if not removed:
-        click.echo(f'no job named "{name}"')
+        for job_name in (name, stale_name):
+            removed = jobs.remove(r, job_name)
+            for runner, jobid in removed:
+                click.echo(f'removed {runner} job {jobid} "{job_name}"')
+            if not removed:
+                click.echo(f'no job named "{job_name}"')
 
 
 @schedule.command("list")

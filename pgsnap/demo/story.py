@@ -1,7 +1,8 @@
 """`pgsnap demo`: the whole story on generated data, from a legacy database to `check: healthy`.
 
-Every step is a call into pgsnap's public surface (migrate, populate, launch_campaign, the
-triggers, the backfill job, check_invariants); this module only times the steps and reports.
+Every step is a call into pgsnap's public surface (migrate, `CALL pgsnap.populate_target`,
+launch_campaign, the triggers, `CALL pgsnap.backfill_missing_snapshots`, check_invariants);
+this module only generates the data, times the steps and reports.
 """
 
 import json
@@ -14,10 +15,9 @@ import click
 import psycopg
 from psycopg import sql
 
-from pgsnap import backfill, db, deploy
+from pgsnap import db, deploy, procedures
 from pgsnap.demo import datagen
 from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
-from pgsnap.populate import populate
 from pgsnap.progress import progress
 
 BASELINE = "0001.baseline-schema"
@@ -107,9 +107,10 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
             t0, written = time.monotonic(), 0
             for target_id in data.target_ids:
                 with progress(label=f"target {target_id}") as bar:
-                    r = populate(conn, target_id, on_batch=lambda d, t: bar.update(d, t))
-                written += r.inserted + r.moved + r.refreshed
-                echo(f"   {r.summary()}")
+                    r = procedures.populate(conn, target_id, on_event=lambda e: (
+                        e["event"] == "batch" and bar.update(e["batch"], e["batches"])))
+                written += r["inserted"] + r["moved"] + r["refreshed"]
+                echo(f"   {procedures.populate_summary(r)}")
             seconds = time.monotonic() - t0
             report["populate_rows_per_s"] = round(written / seconds) if seconds else None
 
@@ -132,8 +133,7 @@ def run(dsn: str, me_files: int | None = None, seed: int | None = None,
             echo(f"   sync latency per tag change: p50 {q[49]:.2f} ms, p95 {q[94]:.2f} ms")
 
         with story.step("the hourly backfill job, run once"):
-            r = backfill.run(conn)
-            echo(f"   {r.summary()}")
+            echo(f"   {procedures.backfill_summary(procedures.backfill(conn))}")
 
         with story.step("pgsnap check"):
             checks = conn.execute("SELECT check_name, violations FROM pgsnap.check_invariants()"

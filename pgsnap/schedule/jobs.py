@@ -21,9 +21,19 @@ from pgsnap import db
 from pgsnap.errors import Exit, PgsnapError
 from pgsnap.schedule import cron
 
-DEFAULT_NAME = "pgsnap-backfill"
-DEFAULT_SCHEDULE = "0 * * * *"
-BACKFILL_COMMAND = "CALL pgsnap.backfill_missing_snapshots()"
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job `pgsnap schedule install` registers: its default name and schedule, its command."""
+
+    name: str
+    schedule: str
+    command: str
+
+
+# the safety net for NULL snapshots, and the re-population of targets a catalogue edit made stale
+BACKFILL = JobSpec("pgsnap-backfill", "0 * * * *", "CALL pgsnap.backfill_missing_snapshots()")
+STALE = JobSpec("pgsnap-stale", "*/5 * * * *", "CALL pgsnap.repopulate_stale_targets()")
 
 CRON_JOBS = """
     SELECT j.jobid, j.jobname, j.schedule, j.command, j.active,
@@ -126,8 +136,8 @@ def job_dict(job: JobInfo) -> dict:
             "last_status": job.last_status, "last_message": job.last_message}
 
 
-def install(r: Runners, name: str, parsed: cron.Schedule, runner: str = "auto",
-            command: str = BACKFILL_COMMAND) -> tuple[str, int, list[tuple[str, int]]]:
+def install(r: Runners, name: str, parsed: cron.Schedule, runner: str,
+            command: str) -> tuple[str, int, list[tuple[str, int]]]:
     """Create or update job `name`, and remove it from the other runner.
 
     Returns (runner, jobid, [(runner, jobid) removed]). Idempotent.

@@ -9,8 +9,8 @@ records every run in `pgsnap.job_run_details`.
   lock every tick, and take over when the leader's session ends.
 * Skip if running: a slot that arrives while the job's previous run is still
   going is recorded as `skipped` (pg_cron would queue it). A backfill that
-  finds another backfill active (pg_cron's, a CLI one) records itself as
-  skipped in `pgsnap.backfill_runs`; that run is recorded as `skipped` too.
+  finds another backfill active (pg_cron's, a CLI one) says so in its final
+  NOTICE; that run is recorded as `skipped` too (likewise `stopped`).
 * No replay: a job becomes due at the first slot after its last recorded
   start (or after the scheduler took over, for a job that never ran). After
   any downtime, missed slots therefore collapse into at most one run, started
@@ -40,8 +40,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from pgsnap import db
-from pgsnap.errors import PgsnapError
+from pgsnap import db, procedures
+from pgsnap.errors import PgsnapError, first_line
 from pgsnap.schedule import cron
 
 log = logging.getLogger("pgsnap.scheduler")
@@ -83,19 +83,9 @@ PRUNE = """
      WHERE status <> 'running'
        AND end_time < %s - (SELECT value::interval FROM pgsnap.settings
                              WHERE key = 'job_history_retention')"""
-# The backfill procedure records each run with the pid of the calling backend.
-BACKFILL_OUTCOME = """
-    SELECT status, batches, target_populations, offers, ad_events, error
-      FROM pgsnap.backfill_runs
-     WHERE to_regclass('pgsnap.backfill_runs') IS NOT NULL
-       AND pid = pg_backend_pid()
-       AND started_at >= (SELECT backend_start FROM pg_stat_activity
-                           WHERE pid = pg_backend_pid())
-     ORDER BY id DESC LIMIT 1"""
 REQUEST_BACKFILL_STOP = """
     UPDATE pgsnap.backfill_runs SET stop_requested = true
      WHERE status = 'running' AND pid = ANY(%s) AND NOT stop_requested"""
-SKIPPED_NOTICE = "another run is active"
 
 
 def utcnow() -> datetime:
@@ -126,44 +116,47 @@ class Run:
     message: str = ""
     cancelled: bool = False
     thread: threading.Thread | None = None
-    notices: list[str] = field(default_factory=list)
+    events: list[procedures.Event] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pid = self.conn.info.backend_pid
 
     def execute(self) -> None:
         """Run the command; set status/message. Never raises."""
-        self.conn.add_notice_handler(
-            lambda d: self.notices.append(d.message_primary or ""))
+        def collect(diag: psycopg.errors.Diagnostic) -> None:
+            event = procedures.parse_event(diag.message_detail)
+            if event is not None:
+                self.events.append(event)
+
+        self.conn.add_notice_handler(collect)
         try:
             cur = self.conn.execute(self.job.command)
             tag = cur.statusmessage
             while cur.nextset():
                 tag = cur.statusmessage
             self.status, self.message = "succeeded", tag or ""
-            self._backfill_outcome()
+            self._outcome()
         except psycopg.Error as exc:
             if self.cancelled and isinstance(exc, psycopg.errors.QueryCanceled):
                 self.status, self.message = "stopped", "cancelled: the scheduler stopped"
             else:
-                self.status, self.message = "failed", db.first_line(str(exc))
+                self.status, self.message = "failed", first_line(str(exc))
         except Exception as exc:  # a run must always be recorded
             self.status, self.message = "failed", f"{type(exc).__name__}: {exc}"
         self.ended = self.clock()
 
-    def _backfill_outcome(self) -> None:
-        """A backfill records its own outcome: stopped and skipped runs succeed as CALLs."""
-        row = self.conn.execute(BACKFILL_OUTCOME).fetchone()
-        notice = next((n for n in self.notices if SKIPPED_NOTICE in n), None)
-        if (row and row[0] == "skipped") or (not row and notice):
-            self.status, self.message = "skipped", notice or "another backfill run is active"
-        elif row:
-            status, batches, tp, offers, events, error = row
-            self.message = (f"backfill {status}: {batches} batches, {tp} "
-                            f"target_populations, {offers} offers, {events} ad_events"
-                            + (f"; {error}" if error else ""))
-            if status in ("stopped", "failed"):
-                self.status = status
+    def _outcome(self) -> None:
+        """A pgsnap procedure says how its run went in its final NOTICE: a backfill that was
+        skipped or stopped succeeds as a CALL but is recorded as such."""
+        done = procedures.done_events(self.events)
+        backfills = [e for e in done if e.get("job") == "backfill"]
+        if backfills:
+            self.message = procedures.backfill_summary(backfills[-1])
+            if backfills[-1]["status"] in ("stopped", "failed", "skipped"):
+                self.status = backfills[-1]["status"]
+        elif done:
+            self.message = "; ".join(procedures.populate_summary(e) for e in done
+                                     if e.get("job") == "populate")
 
 
 def _job(row: tuple) -> Job:
