@@ -34,11 +34,16 @@ CREATE FUNCTION pgsnap._ad_event_snapshot() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+DECLARE
+    v_source text;
 BEGIN
-    SELECT o.matching_tags_snapshot INTO NEW.matching_tags_snapshot
-      FROM public.offers o WHERE o.id = NEW.offer_id;
-    IF NEW.matching_tags_snapshot IS NULL THEN
-        RAISE EXCEPTION 'ad_event has no snapshot: offer % does not exist or has none', coalesce(NEW.offer_id::text, 'NULL')
+    SELECT i.source, i.snapshot INTO v_source, NEW.matching_tags_snapshot
+      FROM pgsnap.inherited_snapshot(NEW.offer_id, NEW.me_file_id, NEW.target_band_id) i;
+    IF v_source = 'built' AND (NEW.me_file_id IS NULL OR NOT EXISTS (SELECT 1 FROM public.target_bands b
+                                                                     WHERE b.id = NEW.target_band_id)) THEN
+        RAISE EXCEPTION 'ad_event has no snapshot: no offer % with one, and no me_file and band to build it from (me_file %, band %)',
+            coalesce(NEW.offer_id::text, 'NULL'), coalesce(NEW.me_file_id::text, 'NULL'),
+            coalesce(NEW.target_band_id::text, 'NULL')
             USING ERRCODE = 'not_null_violation',
                   HINT = 'Create ad_events from an offer, or pass matching_tags_snapshot explicitly.';
     END IF;
@@ -47,80 +52,250 @@ END;
 $$;
 
 --
--- Name: _backfill_run_finish(bigint, text, text); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: _backend_start(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._backfill_run_finish(p_run bigint, p_status text, p_error text DEFAULT NULL::text) RETURNS void
-    LANGUAGE sql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    UPDATE pgsnap.backfill_runs r
-       SET status = p_status, error = p_error, finished_at = clock_timestamp()
-     WHERE r.id = p_run;
-    SELECT pg_advisory_unlock(pgsnap.lock_key('backfill'));
-$$;
+CREATE FUNCTION pgsnap._backend_start() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT a.backend_start
+    FROM pg_stat_activity a
+   WHERE (a.pid = pg_backend_pid());
+END;
 
 --
--- Name: _backfill_run_start(); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: _backfill_start(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._backfill_run_start() RETURNS bigint
+CREATE FUNCTION pgsnap._backfill_start(OUT run_id bigint, OUT skipped_run_id bigint) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-    v_run bigint;
 BEGIN
-    -- a run of this session that was cancelled mid-way may still hold the
-    -- session-level lock: drop it, or every other session would skip forever
-    PERFORM pgsnap._release_own_lock(pgsnap.lock_key('backfill'));
-    IF NOT pg_try_advisory_lock(pgsnap.lock_key('backfill')) THEN
-        INSERT INTO pgsnap.backfill_runs (status, finished_at)
-        VALUES ('skipped', clock_timestamp());
-        RAISE NOTICE 'pgsnap backfill: another run is active; skipped';
-        RETURN NULL;
+    IF NOT pg_try_advisory_xact_lock(pgsnap.lock_key('backfill'))
+       OR EXISTS (SELECT 1 FROM pgsnap.backfill_runs r
+                   WHERE r.status = 'running' AND pgsnap._claim_alive(r.pid, r.backend_start, r.started_at)) THEN
+        INSERT INTO pgsnap.backfill_runs (status, finished_at, backend_start)
+        VALUES ('skipped', clock_timestamp(), pgsnap._backend_start())
+        RETURNING id INTO skipped_run_id;
+        RETURN;
     END IF;
-    -- holding the lock, any other 'running' row belongs to a dead session
     UPDATE pgsnap.backfill_runs
        SET status = 'failed', finished_at = clock_timestamp(),
            error = 'interrupted: its session ended before the run finished'
      WHERE status = 'running';
-    INSERT INTO pgsnap.backfill_runs DEFAULT VALUES RETURNING id INTO v_run;
-    RETURN v_run;
+    INSERT INTO pgsnap.backfill_runs (backend_start) VALUES (pgsnap._backend_start()) RETURNING id INTO run_id;
 END;
 $$;
 
 --
--- Name: _backfill_run_step(bigint, bigint, bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: backfill_runs; Type: TABLE; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._backfill_run_step(p_run bigint, p_tp bigint, p_offers bigint, p_events bigint) RETURNS boolean
-    LANGUAGE sql
+CREATE TABLE pgsnap.backfill_runs (
+    id bigint NOT NULL,
+    pid integer DEFAULT pg_backend_pid() NOT NULL,
+    started_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    finished_at timestamp with time zone,
+    status text DEFAULT 'running'::text NOT NULL,
+    batches integer DEFAULT 0 NOT NULL,
+    target_populations bigint DEFAULT 0 NOT NULL,
+    offers bigint DEFAULT 0 NOT NULL,
+    ad_events bigint DEFAULT 0 NOT NULL,
+    error text,
+    stop_requested boolean DEFAULT false NOT NULL,
+    backend_start timestamp with time zone,
+    CONSTRAINT backfill_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'stopped'::text])))
+);
+
+--
+-- Name: _backfill_summary(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._backfill_summary(p_run_id bigint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT jsonb_build_object('event', 'done', 'job', 'backfill', 'run_id', r.id, 'status', r.status, 'batches', r.batches, 'target_populations', r.target_populations, 'offers', r.offers, 'ad_events', r.ad_events, 'error', r.error) AS jsonb_build_object
+    FROM pgsnap.backfill_runs r
+   WHERE (r.id = _backfill_summary.p_run_id);
+END;
+
+--
+-- Name: _band_groups_changed(); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._band_groups_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    UPDATE pgsnap.backfill_runs r
-       SET batches = r.batches + 1,
-           target_populations = r.target_populations + p_tp,
-           offers = r.offers + p_offers,
-           ad_events = r.ad_events + p_events
-     WHERE r.id = p_run
-    RETURNING r.stop_requested
+DECLARE
+    v_new bigint[];
+    v_old bigint[];
+BEGIN
+    IF TG_OP <> 'DELETE' THEN SELECT array_agg(DISTINCT x.target_band_id) INTO v_new FROM new_rows x; END IF;
+    IF TG_OP <> 'INSERT' THEN SELECT array_agg(DISTINCT x.target_band_id) INTO v_old FROM old_rows x; END IF;
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(DISTINCT b.target_id) FROM public.target_bands b WHERE b.id = ANY (v_new || v_old)),
+        'trait groups of band %s changed', v_new || v_old);
+    RETURN NULL;
+END;
 $$;
 
 --
--- Name: _check_batch_size(integer); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: _bands_changed(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._check_batch_size(p_batch_size integer) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+CREATE FUNCTION pgsnap._bands_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_bands   bigint[];
+    v_targets bigint[];
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(DISTINCT n.id), array_agg(DISTINCT t.target_id)
+          INTO v_bands, v_targets
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         CROSS JOIN LATERAL (VALUES (n.target_id), (o.target_id)) AS t(target_id)
+         WHERE (o.is_bullseye, o.target_id) IS DISTINCT FROM (n.is_bullseye, n.target_id);
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(DISTINCT x.id), array_agg(DISTINCT x.target_id) INTO v_bands, v_targets FROM new_rows x;
+    ELSE
+        SELECT array_agg(DISTINCT x.id), array_agg(DISTINCT x.target_id) INTO v_bands, v_targets FROM old_rows x;
+    END IF;
+    PERFORM pgsnap._catalogue_edited(v_targets,
+        CASE TG_OP WHEN 'INSERT' THEN 'band %s added' WHEN 'DELETE' THEN 'band %s removed' ELSE 'band %s changed' END,
+        v_bands);
+    RETURN NULL;
+END;
+$$;
+
+--
+-- Name: _catalogue_edited(bigint[], text, bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._catalogue_edited(p_target_ids bigint[], p_what text, p_ids bigint[]) RETURNS void
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
-        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
+    IF p_target_ids IS NOT NULL THEN
+        PERFORM pgsnap._compile(p_target_ids);
+        PERFORM pgsnap._mark_stale(p_target_ids, 'membership',
+            format(p_what, array_to_string(ARRAY(SELECT DISTINCT x FROM unnest(p_ids) x ORDER BY 1), ', ')));
     END IF;
 END;
+$$;
+
+--
+-- Name: _claim_alive(integer, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._claim_alive(p_pid integer, p_backend_start timestamp with time zone, p_claimed_at timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT ((p_pid IS NOT NULL) AND (EXISTS ( SELECT 1
+            FROM pg_stat_activity a
+           WHERE ((a.pid = _claim_alive.p_pid) AND (NOT (a.backend_start IS DISTINCT FROM _claim_alive.p_backend_start)) AND ((a.state IS NULL) OR ((a.state = ANY (ARRAY['active'::text, 'idle in transaction'::text])) AND (a.query_start <= _claim_alive.p_claimed_at)))))));
+END;
+
+--
+-- Name: FUNCTION _claim_alive(p_pid integer, p_backend_start timestamp with time zone, p_claimed_at timestamp with time zone); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap._claim_alive(p_pid integer, p_backend_start timestamp with time zone, p_claimed_at timestamp with time zone) IS 'Internal: whether a run claimed by that backend at that time is still running.';
+
+--
+-- Name: _compile(bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._compile(p_target_ids bigint[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    -- catalogue edits are rare: one compiler at a time, in commit order
+    PERFORM pg_advisory_xact_lock(pgsnap.lock_key('compile'));
+
+    WITH desired AS (
+        SELECT c.* FROM pgsnap.catalogue_band_traits c
+         WHERE p_target_ids IS NULL OR c.target_id = ANY (p_target_ids)
+    ),
+    gone AS (
+        DELETE FROM pgsnap.band_traits bt
+         WHERE (p_target_ids IS NULL OR bt.target_id = ANY (p_target_ids))
+           AND NOT EXISTS (SELECT 1 FROM desired d
+                            WHERE d.trait_id = bt.trait_id AND d.target_band_id = bt.target_band_id)
+        RETURNING 1
+    )
+    INSERT INTO pgsnap.band_traits AS bt
+           (trait_id, target_band_id, target_id, tier, bits, full_mask, in_snapshot, trait_name)
+    SELECT d.trait_id, d.target_band_id, d.target_id, d.tier, d.bits, d.full_mask, d.in_snapshot, d.trait_name
+      FROM desired d
+    ON CONFLICT (trait_id, target_band_id) DO UPDATE
+       SET target_id = EXCLUDED.target_id, tier = EXCLUDED.tier, bits = EXCLUDED.bits,
+           full_mask = EXCLUDED.full_mask, in_snapshot = EXCLUDED.in_snapshot, trait_name = EXCLUDED.trait_name
+     WHERE (bt.target_id, bt.tier, bt.bits, bt.full_mask, bt.in_snapshot, bt.trait_name)
+           IS DISTINCT FROM (EXCLUDED.target_id, EXCLUDED.tier, EXCLUDED.bits, EXCLUDED.full_mask,
+                             EXCLUDED.in_snapshot, EXCLUDED.trait_name);
+
+    UPDATE public.target_bands b
+       SET tier = c.tier, definition_hash = c.definition_hash
+      FROM pgsnap.catalogue_bands c
+     WHERE c.target_band_id = b.id
+       AND (p_target_ids IS NULL OR b.target_id = ANY (p_target_ids))
+       AND (b.tier, b.definition_hash) IS DISTINCT FROM (c.tier, c.definition_hash);
+END;
+$$;
+
+--
+-- Name: FUNCTION _compile(p_target_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap._compile(p_target_ids bigint[]) IS 'Internal: recompile pgsnap.band_traits and target_bands.tier/definition_hash of these targets (NULL: all).';
+
+--
+-- Name: _group_traits_changed(); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._group_traits_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_new bigint[];
+    v_old bigint[];
+BEGIN
+    IF TG_OP <> 'DELETE' THEN SELECT array_agg(DISTINCT x.trait_group_id) INTO v_new FROM new_rows x; END IF;
+    IF TG_OP <> 'INSERT' THEN SELECT array_agg(DISTINCT x.trait_group_id) INTO v_old FROM old_rows x; END IF;
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(DISTINCT b.target_id)
+           FROM public.target_band_trait_groups bg
+           JOIN public.target_bands b ON b.id = bg.target_band_id
+          WHERE bg.trait_group_id = ANY (v_new || v_old)),
+        'traits of trait group %s changed', v_new || v_old);
+    RETURN NULL;
+END;
+$$;
+
+--
+-- Name: _launch_blocker(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._launch_blocker(p_target_id bigint) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT CASE WHEN t.population_status <> 'populated' THEN format('is %s, not populated', t.population_status)
+                WHEN s.stale_kind = 'membership'
+                THEN format('is stale since %s (%s): re-populate it first',
+                            to_char(s.stale_since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', s.stale_reason)
+           END
+      FROM public.targets t
+      LEFT JOIN pgsnap.target_state s ON s.target_id = t.id
+     WHERE t.id = p_target_id
 $$;
 
 --
@@ -129,15 +304,88 @@ $$;
 
 CREATE FUNCTION pgsnap._lock_holder(p_key bigint) RETURNS integer
     LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT l.pid
+    FROM pg_locks l
+   WHERE ((l.locktype = 'advisory'::text) AND l.granted AND (l.objsubid = 1) AND (l.database = ( SELECT d.oid
+            FROM pg_database d
+           WHERE (d.datname = current_database()))) AND ((((l.classid)::bigint << 32) | (l.objid)::bigint) = _lock_holder.p_key))
+   ORDER BY l.pid
+  LIMIT 1;
+END;
+
+--
+-- Name: target_state; Type: TABLE; Schema: pgsnap; Owner: -
+--
+
+CREATE TABLE pgsnap.target_state (
+    target_id bigint NOT NULL,
+    run_pid integer,
+    run_backend_start timestamp with time zone,
+    run_started_at timestamp with time zone,
+    catalogue_hash bigint,
+    stale_since timestamp with time zone,
+    stale_kind text,
+    stale_reason text,
+    stale_token xid8,
+    changed_by xid8,
+    CONSTRAINT target_state_stale_kind_check CHECK ((stale_kind = ANY (ARRAY['membership'::text, 'snapshot'::text])))
+);
+
+--
+-- Name: TABLE target_state; Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON TABLE pgsnap.target_state IS 'Per target: the populate run in progress, the catalogue its rows were built from, staleness.';
+
+--
+-- Name: targets; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.targets (
+    id bigint NOT NULL,
+    title text NOT NULL,
+    population_status text DEFAULT 'not_populated'::text NOT NULL,
+    last_populated_at timestamp with time zone,
+    populating_since timestamp with time zone,
+    CONSTRAINT targets_population_status_check CHECK ((population_status = ANY (ARRAY['not_populated'::text, 'populating'::text, 'populated'::text])))
+);
+
+--
+-- Name: _mark_stale(bigint[], text, text); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._mark_stale(p_target_ids bigint[], p_kind text, p_reason text) RETURNS void
+    LANGUAGE sql
+    BEGIN ATOMIC
+ INSERT INTO pgsnap.target_state AS s (target_id, stale_since, stale_kind, stale_reason, stale_token)  SELECT t.id,
+             now() AS now,
+             _mark_stale.p_kind AS p_kind,
+             _mark_stale.p_reason AS p_reason,
+             pg_current_xact_id() AS pg_current_xact_id
+            FROM public.targets t
+           WHERE ((t.id = ANY (_mark_stale.p_target_ids)) AND (t.population_status = ANY (ARRAY['populating'::text, 'populated'::text]))) ON CONFLICT(target_id) DO UPDATE SET stale_since = COALESCE(s.stale_since, excluded.stale_since), stale_kind =
+         CASE
+             WHEN ((s.stale_since IS NOT NULL) AND (s.stale_kind = 'membership'::text)) THEN 'membership'::text
+             ELSE excluded.stale_kind
+         END, stale_reason =
+         CASE
+             WHEN ((s.stale_since IS NULL) OR ((s.stale_kind = 'snapshot'::text) AND (excluded.stale_kind = 'membership'::text))) THEN excluded.stale_reason
+             ELSE s.stale_reason
+         END, stale_token = excluded.stale_token;
+END;
+
+--
+-- Name: _notice(text, jsonb); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._notice(p_message text, p_detail jsonb) RETURNS void
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    SELECT l.pid FROM pg_catalog.pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                          WHERE d.datname = pg_catalog.current_database())
-       AND ((l.classid::bigint << 32) | l.objid::bigint) = p_key
-     ORDER BY l.pid
-     LIMIT 1
+BEGIN
+    RAISE NOTICE '%', p_message USING DETAIL = p_detail::text;
+END;
 $$;
 
 --
@@ -148,13 +396,12 @@ CREATE FUNCTION pgsnap._offer_snapshot() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+DECLARE
+    v_source text;
 BEGIN
-    -- a legacy population not yet backfilled gives what the backfill will give it
-    SELECT coalesce(tp.matching_tags_snapshot, pgsnap.build_snapshot(tp.me_file_id, tp.target_band_id))
-      INTO NEW.matching_tags_snapshot
-      FROM public.target_populations tp
-     WHERE tp.me_file_id = NEW.me_file_id AND tp.target_band_id = NEW.target_band_id;
-    IF NEW.matching_tags_snapshot IS NULL THEN
+    SELECT i.source, i.snapshot INTO v_source, NEW.matching_tags_snapshot
+      FROM pgsnap.inherited_snapshot(NULL, NEW.me_file_id, NEW.target_band_id) i;
+    IF v_source IS DISTINCT FROM 'population' THEN
         RAISE EXCEPTION 'offer for me_file % in band % has no snapshot: no target population holds that me_file in that band',
             NEW.me_file_id, NEW.target_band_id
             USING ERRCODE = 'not_null_violation',
@@ -165,72 +412,174 @@ END;
 $$;
 
 --
--- Name: _populate_batches(bigint, integer); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: _populate_batch(bigint, bigint, bigint, boolean, bigint, bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._populate_batches(p_target_id bigint, p_batch_size integer) RETURNS SETOF bigint[]
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    WITH candidates AS (
-        SELECT m.me_file_id FROM pgsnap.memberships(ARRAY[p_target_id]) m
-        UNION
-        SELECT tp.me_file_id FROM public.target_populations tp WHERE tp.target_id = p_target_id
-    ),
-    numbered AS (
-        SELECT c.me_file_id, (row_number() OVER (ORDER BY c.me_file_id) - 1) / p_batch_size AS batch
-          FROM candidates c
-    )
-    SELECT array_agg(n.me_file_id ORDER BY n.me_file_id)
-      FROM numbered n
-     GROUP BY n.batch
-     ORDER BY n.batch
-$$;
-
---
--- Name: _populate_begin(bigint, integer); Type: FUNCTION; Schema: pgsnap; Owner: -
---
-
-CREATE FUNCTION pgsnap._populate_begin(p_target_id bigint, p_batch_size integer) RETURNS text
+CREATE FUNCTION pgsnap._populate_batch(p_target_id bigint, p_from bigint, p_to bigint, p_rebuild boolean, p_source_target_id bigint, p_source_bands bigint[], p_bands bigint[], OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint, OUT skipped bigint[], OUT built bigint) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
+    AS $_$
 DECLARE
-    v_key    bigint := pgsnap.lock_key('populate:' || p_target_id);
-    v_status text;
+    v_ids     bigint[];   -- the diff, zipped: existing row (NULL: new), me_file, new band
+    v_files   bigint[];   -- (NULL: delete), old band, inputs_hash, given snapshot (copy)
+    v_bands   bigint[];
+    v_old     bigint[];
+    v_hashes  bigint[];
+    v_given   jsonb[];
+    v_nfiles  bigint[];   -- the (me_file, band) pairs whose snapshot must be built
+    v_nbands  bigint[];
 BEGIN
-    PERFORM pgsnap._check_batch_size(p_batch_size);
-    IF NOT EXISTS (SELECT 1 FROM public.targets t WHERE t.id = p_target_id) THEN
-        RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
-            USING ERRCODE = 'no_data_found';
-    END IF;
-    PERFORM pgsnap._release_own_lock(v_key);
-    IF NOT pg_try_advisory_lock(v_key) THEN
-        RAISE NOTICE 'pgsnap: target % is being populated by another session; waiting for it', p_target_id;
-        PERFORM pg_advisory_lock(v_key);
-    END IF;
+    inserted := 0; moved := 0; refreshed := 0; deleted := 0; built := 0;
+    PERFORM pg_advisory_xact_lock_shared(pgsnap._slot_space(), s) FROM pgsnap._slots(p_from, p_to) AS s;
 
-    -- Sync reads target statuses under the shared form of this lock, so no tag
-    -- change can slip between "status read by sync" and "tags read by populate".
-    PERFORM pg_advisory_xact_lock(pgsnap.lock_key('target:' || p_target_id));
-    UPDATE public.targets t
-       SET population_status = CASE WHEN EXISTS (SELECT 1 FROM public.target_bands b
-                                                   WHERE b.target_id = t.id)
-                                    THEN 'populating' ELSE 'not_populated' END
-     WHERE t.id = p_target_id
-    RETURNING t.population_status INTO v_status;
-    IF v_status = 'not_populated' THEN
-        PERFORM pg_advisory_unlock(v_key);
+    IF p_source_target_id IS NULL THEN
+        EXECUTE $q$
+            WITH desired AS (
+                SELECT m.target_band_id, m.me_file_id, m.inputs_hash
+                  FROM pgsnap.memberships(ARRAY[$1]::bigint[]) m
+                 WHERE m.me_file_id BETWEEN $2 AND $3
+            ),
+            current AS (
+                SELECT tp.id, tp.target_band_id, tp.me_file_id, tp.inputs_hash
+                  FROM public.target_populations tp
+                 WHERE tp.target_id = $1 AND tp.me_file_id BETWEEN $2 AND $3
+            ),
+            diff AS (
+                SELECT c.id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id, d.target_band_id AS band,
+                       c.target_band_id AS old_band, d.inputs_hash AS hash
+                  FROM desired d
+                  FULL JOIN current c ON c.me_file_id = d.me_file_id
+                 WHERE d.me_file_id IS NULL OR c.id IS NULL OR c.target_band_id <> d.target_band_id
+                    OR c.inputs_hash IS DISTINCT FROM d.inputs_hash OR $4
+            )
+            SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.band), array_agg(x.old_band),
+                   array_agg(x.hash),
+                   array_agg(x.me_file_id) FILTER (WHERE x.band IS NOT NULL),
+                   array_agg(x.band) FILTER (WHERE x.band IS NOT NULL)
+              FROM diff x
+        $q$
+        INTO v_ids, v_files, v_bands, v_old, v_hashes, v_nfiles, v_nbands
+        USING p_target_id, p_from, p_to, p_rebuild;
+    ELSE
+        EXECUTE $q$
+            WITH map AS (
+                SELECT * FROM unnest($5::bigint[], $6::bigint[]) AS m(source_band, band)
+            ),
+            desired AS (
+                SELECT m.band AS target_band_id, tp.me_file_id, tp.inputs_hash, tp.matching_tags_snapshot AS snapshot
+                  FROM public.target_populations tp
+                  JOIN map m ON m.source_band = tp.target_band_id
+                 WHERE tp.target_id = $4 AND tp.me_file_id BETWEEN $2 AND $3
+            ),
+            current AS (
+                SELECT tp.id, tp.target_band_id, tp.me_file_id, tp.inputs_hash, tp.matching_tags_snapshot AS snapshot
+                  FROM public.target_populations tp
+                 WHERE tp.target_id = $1 AND tp.me_file_id BETWEEN $2 AND $3
+            ),
+            diff AS (
+                SELECT c.id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id, d.target_band_id AS band,
+                       c.target_band_id AS old_band, d.inputs_hash AS hash, d.snapshot
+                  FROM desired d
+                  FULL JOIN current c ON c.me_file_id = d.me_file_id
+                 WHERE d.me_file_id IS NULL OR c.id IS NULL OR c.target_band_id <> d.target_band_id
+                    OR c.inputs_hash IS DISTINCT FROM d.inputs_hash OR c.snapshot IS DISTINCT FROM d.snapshot
+            )
+            SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.band), array_agg(x.old_band),
+                   array_agg(x.hash), array_agg(x.snapshot)
+              FROM diff x
+        $q$
+        INTO v_ids, v_files, v_bands, v_old, v_hashes, v_given
+        USING p_target_id, p_from, p_to, p_source_target_id, p_source_bands, p_bands;
     END IF;
-    RETURN v_status;
+    IF v_files IS NULL THEN
+        RETURN;   -- nothing differs
+    END IF;
+    built := coalesce(cardinality(v_nfiles), 0)::bigint;
+
+    EXECUTE $q$
+        WITH d AS (
+            SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::jsonb[])
+                   AS d(id, me_file_id, band, old_band, hash, given)
+        ),
+        built AS (
+            SELECT s.me_file_id, s.target_band_id, s.snapshot
+              FROM pgsnap.snapshots($8, $9) s
+        ),
+        x AS (
+            SELECT d.*, coalesce(d.given, b.snapshot) AS snapshot
+              FROM d
+              LEFT JOIN built b ON b.me_file_id = d.me_file_id AND b.target_band_id = d.band
+        ),
+        locked_rows AS (   -- the rows to change; one another transaction holds is left for the retry
+            SELECT tp.id FROM public.target_populations tp
+             WHERE tp.id = ANY ($2)
+               FOR UPDATE SKIP LOCKED
+        ),
+        arriving AS (      -- me_files of new rows: the foreign key's lock, taken now, skipping held ones
+            SELECT f.id FROM public.me_files f
+             WHERE f.id IN (SELECT x.me_file_id FROM x WHERE x.id IS NULL AND x.band IS NOT NULL)
+               FOR KEY SHARE SKIP LOCKED
+        ),
+        gone AS (
+            DELETE FROM public.target_populations tp
+             USING x, locked_rows r
+             WHERE tp.id = x.id AND r.id = x.id AND x.band IS NULL
+            RETURNING tp.id
+        ),
+        changed AS (
+            UPDATE public.target_populations tp
+               SET target_band_id = x.band, matching_tags_snapshot = x.snapshot, inputs_hash = x.hash,
+                   updated_at = now()
+              FROM x
+              JOIN locked_rows r ON r.id = x.id
+             WHERE tp.id = x.id AND x.band IS NOT NULL
+               AND (tp.target_band_id <> x.band OR tp.matching_tags_snapshot IS DISTINCT FROM x.snapshot
+                    OR tp.inputs_hash IS DISTINCT FROM x.hash)
+            RETURNING x.old_band <> x.band AS is_move
+        ),
+        added AS (
+            INSERT INTO public.target_populations
+                   (target_id, target_band_id, me_file_id, matching_tags_snapshot, inputs_hash)
+            SELECT $1, x.band, x.me_file_id, x.snapshot, x.hash
+              FROM x
+              JOIN arriving a ON a.id = x.me_file_id
+             WHERE x.id IS NULL AND x.band IS NOT NULL
+            RETURNING me_file_id
+        )
+        SELECT (SELECT count(*) FROM added),
+               (SELECT count(*) FILTER (WHERE c.is_move) FROM changed c),
+               (SELECT count(*) FILTER (WHERE NOT c.is_move) FROM changed c),
+               (SELECT count(*) FROM gone),
+               ARRAY(SELECT x.me_file_id FROM x
+                      WHERE x.id IS NULL AND x.band IS NOT NULL AND x.me_file_id NOT IN (SELECT a.id FROM arriving a)
+                     UNION
+                     SELECT x.me_file_id FROM x
+                      WHERE x.id IS NOT NULL AND x.id NOT IN (SELECT r.id FROM locked_rows r))
+    $q$
+    INTO inserted, moved, refreshed, deleted, skipped
+    USING p_target_id, v_ids, v_files, v_bands, v_old, v_hashes, v_given, v_nfiles, v_nbands;
+
+    IF inserted + moved + refreshed + deleted > 0 THEN
+        -- a REPEATABLE READ sync that started before this batch must not write over it
+        UPDATE pgsnap.target_state s SET changed_by = pg_current_xact_id() WHERE s.target_id = p_target_id;
+    END IF;
+    IF cardinality(skipped) = 0 THEN
+        skipped := NULL;
+    END IF;
 END;
-$$;
+$_$;
 
 --
--- Name: _populate_finish(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: FUNCTION _populate_batch(p_target_id bigint, p_from bigint, p_to bigint, p_rebuild boolean, p_source_target_id bigint, p_source_bands bigint[], p_bands bigint[], OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint, OUT skipped bigint[], OUT built bigint); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._populate_finish(p_target_id bigint) RETURNS bigint
+COMMENT ON FUNCTION pgsnap._populate_batch(p_target_id bigint, p_from bigint, p_to bigint, p_rebuild boolean, p_source_target_id bigint, p_source_bands bigint[], p_bands bigint[], OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint, OUT skipped bigint[], OUT built bigint) IS 'Internal: one populate batch (me_file ids p_from..p_to); counts written, me_files left for a retry, snapshots built.';
+
+--
+-- Name: _populate_finish(bigint, timestamp with time zone, xid8, bigint, bigint, bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._populate_finish(p_target_id bigint, p_claimed_at timestamp with time zone, p_stale_token xid8, p_catalogue_hash bigint, p_changed bigint, p_left bigint[]) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -238,14 +587,324 @@ DECLARE
     v_rows bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(pgsnap.lock_key('target:' || p_target_id));
-    UPDATE public.targets
-       SET population_status = 'populated', last_populated_at = now()
+    UPDATE public.targets SET population_status = 'populated', last_populated_at = now()
      WHERE id = p_target_id;
-    PERFORM pg_advisory_unlock(pgsnap.lock_key('populate:' || p_target_id));
+    PERFORM pgsnap._refresh_population_counts(ARRAY[p_target_id]);
+    UPDATE pgsnap.target_state s
+       SET run_pid = NULL, run_backend_start = NULL, run_started_at = NULL,
+           catalogue_hash = p_catalogue_hash,
+           stale_since  = CASE WHEN s.stale_token IS NOT DISTINCT FROM p_stale_token THEN NULL ELSE s.stale_since END,
+           stale_kind   = CASE WHEN s.stale_token IS NOT DISTINCT FROM p_stale_token THEN NULL ELSE s.stale_kind END,
+           stale_reason = CASE WHEN s.stale_token IS NOT DISTINCT FROM p_stale_token THEN NULL ELSE s.stale_reason END,
+           stale_token  = CASE WHEN s.stale_token IS NOT DISTINCT FROM p_stale_token THEN NULL ELSE s.stale_token END
+     WHERE s.target_id = p_target_id AND s.run_started_at IS NOT DISTINCT FROM p_claimed_at;
+    IF p_left IS NOT NULL THEN   -- rows still held by others after the retries: the next run redoes them
+        PERFORM pgsnap._mark_stale(ARRAY[p_target_id], 'membership',
+            'populate could not lock me_file ' || array_to_string(p_left[1:5], ', ')
+            || CASE WHEN cardinality(p_left) > 5 THEN ', ...' ELSE '' END);
+    END IF;
     SELECT count(*) INTO v_rows FROM public.target_populations tp WHERE tp.target_id = p_target_id;
+    IF p_changed > 0 AND p_changed * 10 >= greatest(
+           (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'public.target_populations'::regclass), 1) THEN
+        ANALYZE public.target_populations;
+    END IF;
     RETURN v_rows;
 END;
 $$;
+
+--
+-- Name: FUNCTION _populate_finish(p_target_id bigint, p_claimed_at timestamp with time zone, p_stale_token xid8, p_catalogue_hash bigint, p_changed bigint, p_left bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap._populate_finish(p_target_id bigint, p_claimed_at timestamp with time zone, p_stale_token xid8, p_catalogue_hash bigint, p_changed bigint, p_left bigint[]) IS 'Internal: end a populate run (status, counts, staleness, claim, ANALYZE when much changed).';
+
+--
+-- Name: _populate_start(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._populate_start(p_target_id bigint, OUT busy_pid integer, OUT status text, OUT claimed_at timestamp with time zone, OUT stale_token xid8, OUT catalogue_hash bigint, OUT rebuild boolean, OUT source_target_id bigint, OUT source_bands bigint[], OUT bands bigint[]) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_state pgsnap.target_state;
+BEGIN
+    IF p_target_id IS NULL OR NOT EXISTS (SELECT 1 FROM public.targets t WHERE t.id = p_target_id) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    INSERT INTO pgsnap.target_state (target_id) VALUES (p_target_id) ON CONFLICT (target_id) DO NOTHING;
+    SELECT s.* INTO v_state FROM pgsnap.target_state s WHERE s.target_id = p_target_id FOR UPDATE;
+    IF v_state.run_pid IS DISTINCT FROM pg_backend_pid()
+       AND pgsnap._claim_alive(v_state.run_pid, v_state.run_backend_start, v_state.run_started_at) THEN
+        busy_pid := v_state.run_pid;
+        RETURN;
+    END IF;
+
+    -- launch_campaign reads the status under the shared form of this lock
+    PERFORM pg_advisory_xact_lock(pgsnap.lock_key('target:' || p_target_id));
+    UPDATE public.targets t
+       SET population_status = CASE WHEN EXISTS (SELECT 1 FROM public.target_bands b WHERE b.target_id = t.id)
+                                    THEN 'populating' ELSE 'not_populated' END
+     WHERE t.id = p_target_id
+    RETURNING t.population_status INTO status;
+    claimed_at := clock_timestamp();
+
+    IF status = 'not_populated' THEN   -- no bands: no rows (they went with the bands), nothing stale
+        UPDATE pgsnap.target_state s
+           SET run_pid = NULL, run_backend_start = NULL, run_started_at = NULL,
+               stale_since = NULL, stale_kind = NULL, stale_reason = NULL, stale_token = NULL
+         WHERE s.target_id = p_target_id;
+        RETURN;
+    END IF;
+
+    catalogue_hash := pgsnap._snapshot_catalogue_hash(p_target_id);
+    rebuild := v_state.catalogue_hash IS DISTINCT FROM catalogue_hash;
+    stale_token := v_state.stale_token;
+    UPDATE pgsnap.target_state s
+       SET run_pid = pg_backend_pid(), run_backend_start = pgsnap._backend_start(),
+           run_started_at = claimed_at, changed_by = pg_current_xact_id()
+     WHERE s.target_id = p_target_id;
+    SELECT w.source_target_id, w.source_bands, w.bands INTO source_target_id, source_bands, bands
+      FROM pgsnap._populate_twin(p_target_id) w;
+END;
+$$;
+
+--
+-- Name: FUNCTION _populate_start(p_target_id bigint, OUT busy_pid integer, OUT status text, OUT claimed_at timestamp with time zone, OUT stale_token xid8, OUT catalogue_hash bigint, OUT rebuild boolean, OUT source_target_id bigint, OUT source_bands bigint[], OUT bands bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap._populate_start(p_target_id bigint, OUT busy_pid integer, OUT status text, OUT claimed_at timestamp with time zone, OUT stale_token xid8, OUT catalogue_hash bigint, OUT rebuild boolean, OUT source_target_id bigint, OUT source_bands bigint[], OUT bands bigint[]) IS 'Internal: claim a target for a populate run (or say who holds it), set populating, find a twin to copy.';
+
+--
+-- Name: _populate_summary(bigint, text, bigint, integer, bigint, bigint, bigint, bigint, bigint, numeric, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._populate_summary(p_target_id bigint, p_status text, p_source_target_id bigint, p_batches integer, p_inserted bigint, p_moved bigint, p_refreshed bigint, p_deleted bigint, p_rows bigint, p_seconds numeric, p_built bigint) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    BEGIN ATOMIC
+ SELECT jsonb_build_object('event', 'done', 'job', 'populate', 'target_id', p_target_id, 'status', p_status, 'method',
+         CASE
+             WHEN (p_status = 'not_populated'::text) THEN NULL::text
+             WHEN (p_source_target_id IS NULL) THEN 'scanned'::text
+             ELSE 'copied'::text
+         END, 'source_target_id', p_source_target_id, 'batches', p_batches, 'inserted', p_inserted, 'moved', p_moved, 'refreshed', p_refreshed, 'deleted', p_deleted, 'unchanged', GREATEST((((p_rows - p_inserted) - p_moved) - p_refreshed), (0)::bigint), 'rows', p_rows, 'snapshots_built', p_built, 'seconds', round(p_seconds, 3)) AS jsonb_build_object;
+END;
+
+--
+-- Name: _populate_summary_text(jsonb); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._populate_summary_text(p_summary jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN ((p_summary ->> 'status'::text) = 'not_populated'::text) THEN format('pgsnap: target %s has no bands; status not_populated'::text, (p_summary ->> 'target_id'::text))
+             ELSE format('pgsnap: target %s populated (%s): %s batches, %s inserted, %s moved, %s refreshed, %s deleted, %s unchanged'::text, (p_summary ->> 'target_id'::text),
+             CASE
+                 WHEN ((p_summary ->> 'method'::text) = 'copied'::text) THEN ('copied from target '::text || (p_summary ->> 'source_target_id'::text))
+                 ELSE 'scanned'::text
+             END, (p_summary ->> 'batches'::text), (p_summary ->> 'inserted'::text), (p_summary ->> 'moved'::text), (p_summary ->> 'refreshed'::text), (p_summary ->> 'deleted'::text), (p_summary ->> 'unchanged'::text))
+         END AS format;
+END;
+
+--
+-- Name: band_traits; Type: TABLE; Schema: pgsnap; Owner: -
+--
+
+CREATE TABLE pgsnap.band_traits (
+    trait_id bigint NOT NULL,
+    target_band_id bigint NOT NULL,
+    target_id bigint NOT NULL,
+    tier integer NOT NULL,
+    bits bit varying NOT NULL,
+    full_mask bit varying NOT NULL,
+    in_snapshot boolean NOT NULL,
+    trait_name text NOT NULL
+);
+
+--
+-- Name: TABLE band_traits; Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON TABLE pgsnap.band_traits IS 'The catalogue compiled for the membership rule (one row per band and trait); rebuilt by triggers, checked against the live catalogue by pgsnap check.';
+
+--
+-- Name: traits; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.traits (
+    id bigint NOT NULL,
+    trait_name text NOT NULL,
+    parent_trait_id bigint,
+    display_order integer DEFAULT 0 NOT NULL,
+    is_active boolean DEFAULT true NOT NULL
+);
+
+--
+-- Name: _snapshot_catalogue_hash(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._snapshot_catalogue_hash(p_target_id bigint) RETURNS bigint
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT COALESCE(bit_xor(hashtextextended(concat_ws(''::text, c.id, c.trait_name, c.display_order, pt.id, pt.trait_name, pt.display_order), (1)::bigint)), (0)::bigint) AS "coalesce"
+    FROM ((( SELECT DISTINCT bt.trait_id
+            FROM pgsnap.band_traits bt
+           WHERE ((bt.target_id = _snapshot_catalogue_hash.p_target_id) AND bt.in_snapshot)) x
+      JOIN public.traits c ON ((c.id = x.trait_id)))
+      JOIN public.traits pt ON ((pt.id = c.parent_trait_id)));
+END;
+
+--
+-- Name: target_band_trait_groups; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.target_band_trait_groups (
+    target_band_id bigint NOT NULL,
+    trait_group_id bigint NOT NULL
+);
+
+--
+-- Name: target_bands; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.target_bands (
+    id bigint NOT NULL,
+    target_id bigint NOT NULL,
+    title text,
+    is_bullseye boolean DEFAULT false NOT NULL,
+    tier integer,
+    definition_hash text,
+    population_count bigint DEFAULT 0 NOT NULL
+);
+
+--
+-- Name: trait_group_traits; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.trait_group_traits (
+    trait_group_id bigint NOT NULL,
+    trait_id bigint NOT NULL
+);
+
+--
+-- Name: catalogue_bands; Type: VIEW; Schema: pgsnap; Owner: -
+--
+
+CREATE VIEW pgsnap.catalogue_bands AS
+ WITH groups AS (
+         SELECT bg.target_band_id,
+            bg.trait_group_id,
+            ( SELECT string_agg((gt.trait_id)::text, ','::text ORDER BY gt.trait_id) AS string_agg
+                   FROM public.trait_group_traits gt
+                  WHERE (gt.trait_group_id = bg.trait_group_id)) AS trait_list
+           FROM public.target_band_trait_groups bg
+        ), bands AS (
+         SELECT b.id AS target_band_id,
+            b.target_id,
+            b.is_bullseye,
+            (count(g.trait_group_id))::integer AS n_groups,
+            ((count(g.trait_group_id) > 0) AND (count(g.trait_group_id) = count(g.trait_list))) AS matchable,
+            string_agg(DISTINCT g.trait_list, ';'::text ORDER BY g.trait_list) AS definition
+           FROM (public.target_bands b
+             LEFT JOIN groups g ON ((g.target_band_id = b.id)))
+          GROUP BY b.id, b.target_id, b.is_bullseye
+        )
+ SELECT bands.target_id,
+    bands.target_band_id,
+    bands.is_bullseye,
+    bands.n_groups,
+    bands.matchable,
+        CASE
+            WHEN bands.matchable THEN md5(bands.definition)
+            ELSE NULL::text
+        END AS definition_hash,
+    ((row_number() OVER (PARTITION BY bands.target_id ORDER BY bands.matchable DESC, bands.n_groups DESC, bands.is_bullseye DESC, bands.target_band_id) - 1))::integer AS tier
+   FROM bands;
+
+--
+-- Name: VIEW catalogue_bands; Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON VIEW pgsnap.catalogue_bands IS 'Per band, from the live catalogue: groups, whether it can match anybody, definition hash, tier.';
+
+--
+-- Name: _populate_twin(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._populate_twin(p_target_id bigint, OUT source_target_id bigint, OUT source_bands bigint[], OUT bands bigint[]) RETURNS record
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ WITH mine AS (
+          SELECT c.target_band_id,
+             c.definition_hash,
+             c.tier
+            FROM pgsnap.catalogue_bands c
+           WHERE (c.target_id = _populate_twin.p_target_id)
+         ), usable AS (
+          SELECT ((count(*) > 0) AND (count(m.definition_hash) = count(*)) AND (count(DISTINCT m.definition_hash) = count(*))) AS ok,
+             count(*) AS n
+            FROM mine m
+         ), shortlist AS (
+          SELECT t.id
+            FROM (public.targets t
+              JOIN pgsnap.target_state s ON ((s.target_id = t.id)))
+           WHERE ((t.id <> _populate_twin.p_target_id) AND (t.population_status = 'populated'::text) AND (s.stale_since IS NULL) AND (s.run_pid IS NULL) AND (( SELECT count(*) AS count
+                    FROM public.target_bands b
+                   WHERE (b.target_id = t.id)) = ( SELECT u_1.n
+                    FROM usable u_1)) AND (NOT (EXISTS ( SELECT 1
+                    FROM mine m
+                   WHERE (NOT (EXISTS ( SELECT 1
+                            FROM public.target_bands b
+                           WHERE ((b.target_id = t.id) AND (b.definition_hash = m.definition_hash)))))))))
+         ), verified AS (
+          SELECT sl.id,
+             array_agg(o.target_band_id ORDER BY m.tier) AS source_bands,
+             array_agg(m.target_band_id ORDER BY m.tier) AS bands
+            FROM (((shortlist sl
+              JOIN pgsnap.catalogue_bands o ON ((o.target_id = sl.id)))
+              JOIN mine m ON (((m.definition_hash = o.definition_hash) AND (m.tier = o.tier))))
+              JOIN pgsnap.target_state s ON ((s.target_id = sl.id)))
+           WHERE (s.catalogue_hash = pgsnap._snapshot_catalogue_hash(sl.id))
+           GROUP BY sl.id
+          HAVING (count(*) = ( SELECT u_1.n
+                    FROM usable u_1))
+         )
+  SELECT v.id,
+     v.source_bands,
+     v.bands
+    FROM verified v,
+     usable u
+   WHERE u.ok
+   ORDER BY v.id
+  LIMIT 1;
+END;
+
+--
+-- Name: me_files; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.me_files (
+    id bigint NOT NULL,
+    display_name text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: _populate_wait_for(bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._populate_wait_for(p_me_file_ids bigint[]) RETURNS void
+    LANGUAGE sql
+    BEGIN ATOMIC
+ SELECT count(*) AS count
+    FROM ( SELECT f.id
+            FROM public.me_files f
+           WHERE (f.id = ANY (_populate_wait_for.p_me_file_ids))
+          FOR KEY SHARE OF f) x;
+END;
 
 --
 -- Name: _population_target_id(); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -263,173 +922,285 @@ END;
 $$;
 
 --
--- Name: _reconcile(bigint[], bigint[], boolean); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: target_populations; Type: TABLE; Schema: public; Owner: -
 --
 
-CREATE FUNCTION pgsnap._reconcile(p_target_ids bigint[], p_me_file_ids bigint[], p_exclusive boolean, OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint) RETURNS record
+CREATE TABLE public.target_populations (
+    id bigint NOT NULL,
+    target_band_id bigint NOT NULL,
+    me_file_id bigint NOT NULL,
+    matching_tags_snapshot jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    target_id bigint NOT NULL,
+    inputs_hash bigint,
+    CONSTRAINT target_populations_snapshot_shape CHECK (((matching_tags_snapshot IS NULL) OR ((jsonb_typeof(matching_tags_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((matching_tags_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)) AND (NOT ((matching_tags_snapshot -> 'tags'::text) @? 'strict $[*]?(@.type() != "array")'::jsonpath)))))
+);
+
+--
+-- Name: band_counts(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.band_counts(p_target_id bigint) RETURNS TABLE(target_band_id bigint, tier integer, population bigint)
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT b.id,
+     b.tier,
+     ( SELECT count(*) AS count
+            FROM public.target_populations tp
+           WHERE (tp.target_band_id = b.id)) AS count
+    FROM public.target_bands b
+   WHERE (b.target_id = band_counts.p_target_id)
+   ORDER BY b.tier, b.id;
+END;
+
+--
+-- Name: FUNCTION band_counts(p_target_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.band_counts(p_target_id bigint) IS 'Per band of the target: tier and population (each me_file counted once, in its innermost band); exact.';
+
+--
+-- Name: _refresh_population_counts(bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._refresh_population_counts(p_target_ids bigint[]) RETURNS void
+    LANGUAGE sql
+    BEGIN ATOMIC
+ UPDATE public.target_bands b SET population_count = c.population
+    FROM (public.targets t
+      CROSS JOIN LATERAL pgsnap.band_counts(t.id) c(target_band_id, tier, population))
+   WHERE (((t.id = ANY (_refresh_population_counts.p_target_ids)) OR ((_refresh_population_counts.p_target_ids IS NULL) AND (t.population_status = ANY (ARRAY['populating'::text, 'populated'::text])))) AND (b.id = c.target_band_id) AND (b.population_count IS DISTINCT FROM c.population));
+END;
+
+--
+-- Name: _reshape_batch(text, bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._reshape_batch(p_table text, p_from bigint, p_to bigint) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_bands   bigint[];
-    v_files   bigint[];
+    v_ids   bigint[];
+    v_files bigint[];
+    v_bands bigint[];
+    v_n     bigint := 0::bigint;
 BEGIN
-    -- Serialise with other writers of these me_files: sync takes the lock
-    -- exclusively, populate shares it, and the statements below run on a fresh
-    -- snapshot taken after the lock, so (under READ COMMITTED) they see every
-    -- committed tag change. Advisory locks, not me_files row locks: a sync
-    -- runs at COMMIT while its transaction still holds tag rows, and a row
-    -- lock on me_files there would deadlock with an application transaction
-    -- that locked the me_file first. Ids share 1024 lock slots, so a
-    -- statement touching thousands of me_files takes at most 1024 locks.
-    IF p_exclusive THEN
-        PERFORM pg_advisory_xact_lock(pgsnap.lock_key('me_file:' || s.slot))
-           FROM (SELECT DISTINCT f.id % 1024 AS slot FROM unnest(p_me_file_ids) AS f(id)) s
-          ORDER BY s.slot;
-        -- Leave a trace per me_file: a REPEATABLE READ or SERIALIZABLE writer
-        -- whose snapshot predates another sync of the same me_file then fails
-        -- here with a serialization error (40001) instead of writing a
-        -- population computed from tags that are no longer current.
-        INSERT INTO pgsnap.me_file_syncs AS s (me_file_id, synced_by)
-        SELECT f.id, pg_current_xact_id()
-          FROM public.me_files f WHERE f.id = ANY (p_me_file_ids)
-         ORDER BY f.id
-        ON CONFLICT (me_file_id) DO UPDATE SET synced_by = EXCLUDED.synced_by;
+    IF p_table = 'target_populations' THEN
+        SELECT array_agg(tp.id), array_agg(tp.me_file_id), array_agg(tp.target_band_id)
+          INTO v_ids, v_files, v_bands
+          FROM public.target_populations tp
+         WHERE tp.id BETWEEN p_from AND p_to AND tp.matching_tags_snapshot IS NOT NULL
+           AND NOT pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot);
+        IF v_ids IS NOT NULL THEN
+            UPDATE public.target_populations tp
+               SET matching_tags_snapshot = s.snapshot, inputs_hash = NULL, updated_at = now()
+              FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
+              JOIN pgsnap.snapshots(v_files, v_bands) s
+                ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
+             WHERE tp.id = u.id AND NOT pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+        END IF;
+    ELSIF p_table = 'offers' THEN
+        UPDATE public.offers o
+           SET matching_tags_snapshot = i.snapshot
+          FROM (SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
+                 WHERE x.id BETWEEN p_from AND p_to AND x.matching_tags_snapshot IS NOT NULL
+                   AND NOT pgsnap.snapshot_shape_ok(x.matching_tags_snapshot)) c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
+         WHERE o.id = c.id AND i.snapshot IS NOT NULL;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    ELSIF p_table = 'ad_events' THEN
+        UPDATE public.ad_events a
+           SET matching_tags_snapshot = i.snapshot
+          FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+                 WHERE x.id BETWEEN p_from AND p_to AND x.matching_tags_snapshot IS NOT NULL
+                   AND NOT pgsnap.snapshot_shape_ok(x.matching_tags_snapshot)) c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+         WHERE a.id = c.id AND i.snapshot IS NOT NULL;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
     ELSE
-        PERFORM pg_advisory_xact_lock_shared(pgsnap.lock_key('me_file:' || s.slot))
-           FROM (SELECT DISTINCT f.id % 1024 AS slot FROM unnest(p_me_file_ids) AS f(id)) s
-          ORDER BY s.slot;
+        RAISE EXCEPTION 'unknown snapshot table %', p_table USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_n;
+END;
+$$;
+
+--
+-- Name: _reshape_pending(text); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._reshape_pending(p_table text) RETURNS boolean
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT COALESCE(( SELECT (NOT c.convalidated)
+            FROM pg_constraint c
+           WHERE ((c.conrelid = ((('public.'::text || _reshape_pending.p_table))::regclass)::oid) AND (c.conname = (_reshape_pending.p_table || '_snapshot_shape'::text)))), true) AS "coalesce";
+END;
+
+--
+-- Name: _slot(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._slot(p_me_file_id bigint) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT (((p_me_file_id >> 10) & (63)::bigint))::integer AS int4;
+END;
+
+--
+-- Name: _slot_space(); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._slot_space() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT 1885827950;
+END;
+
+--
+-- Name: _slots(bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._slots(p_from bigint, p_to bigint) RETURNS SETOF integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT DISTINCT ((b.b & (63)::bigint))::integer AS int4
+    FROM generate_series((_slots.p_from >> 10), LEAST((_slots.p_to >> 10), ((_slots.p_from >> 10) + 63))) b(b)
+   ORDER BY (((b.b & (63)::bigint))::integer);
+END;
+
+--
+-- Name: _sync(bigint[], bigint[], boolean); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._sync(p_me_file_ids bigint[], p_trait_ids bigint[], p_all boolean DEFAULT false) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_files   bigint[];
+    v_targets bigint[];
+    v_changed bigint;
+BEGIN
+    SELECT array_agg(f.id ORDER BY f.id) INTO v_files FROM public.me_files f WHERE f.id = ANY (p_me_file_ids);
+    IF cardinality(v_files) IS DISTINCT FROM cardinality(p_me_file_ids) THEN
+        -- deleted in this transaction: their rows went with them; so does their marker
+        DELETE FROM pgsnap.me_file_syncs s
+         WHERE s.me_file_id = ANY (p_me_file_ids) AND s.me_file_id <> ALL (coalesce(v_files, '{}'));
+    END IF;
+    IF v_files IS NULL THEN
+        RETURN 0::bigint;
+    END IF;
+    -- exclusive with populate batches and other syncs of these me_files: the statements below
+    -- then see every committed change to them
+    PERFORM pg_advisory_xact_lock(pgsnap._slot_space(), s.slot)
+       FROM (SELECT DISTINCT pgsnap._slot(f) AS slot FROM unnest(v_files) AS f) s
+      ORDER BY s.slot;
+
+    IF p_all THEN
+        SELECT array_agg(DISTINCT x.target_id) INTO v_targets
+          FROM (SELECT bt.target_id FROM public.me_file_tags t
+                  JOIN pgsnap.band_traits bt ON bt.trait_id = t.trait_id
+                 WHERE t.me_file_id = ANY (v_files)
+                UNION
+                SELECT tp.target_id FROM public.target_populations tp WHERE tp.me_file_id = ANY (v_files)) x;
+    ELSE
+        SELECT array_agg(DISTINCT bt.target_id) INTO v_targets
+          FROM pgsnap.band_traits bt WHERE bt.trait_id = ANY (p_trait_ids);
+    END IF;
+    IF v_targets IS NULL THEN
+        RETURN 0::bigint;
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM pgsnap._sync_check_snapshot(v_files, v_targets);
+    END IF;
+    SELECT array_agg(t.id) INTO v_targets
+      FROM public.targets t
+     WHERE t.id = ANY (v_targets) AND t.population_status IN ('populating', 'populated');
+    IF v_targets IS NULL THEN
+        RETURN 0::bigint;
     END IF;
 
-    SELECT array_agg(m.target_band_id), array_agg(m.me_file_id)
-      INTO v_bands, v_files
-      FROM pgsnap.memberships(p_target_ids, p_me_file_ids) m;
-
-    -- Plans here are generic (row estimates know nothing of the batch), so
-    -- every join below is linear whatever the planner picks: the diff is one
-    -- FULL JOIN (hash or merge only) and the writes find their rows by id.
     WITH desired AS (
-        SELECT b.target_id, s.target_band_id AS band_id, s.me_file_id, s.snapshot
-          FROM pgsnap.snapshots(v_files, v_bands) s
-          JOIN public.target_bands b ON b.id = s.target_band_id
+        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
+          FROM pgsnap.memberships(v_targets) m
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
+         WHERE m.me_file_id = ANY (v_files)
     ),
     current AS (
-        SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot
+        SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot, tp.inputs_hash
           FROM public.target_populations tp
-         WHERE tp.target_id = ANY (p_target_ids)
-           AND tp.me_file_id = ANY (p_me_file_ids)
+         WHERE tp.target_id = ANY (v_targets) AND tp.me_file_id = ANY (v_files)
     ),
     diff AS (
-        SELECT c.id, d.target_id, d.me_file_id, c.target_band_id AS old_band, d.band_id AS new_band,
-               c.matching_tags_snapshot AS old_snapshot, d.snapshot AS new_snapshot
+        SELECT c.id, coalesce(d.target_id, c.target_id) AS target_id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id,
+               d.target_band_id AS band, d.snapshot, d.inputs_hash AS hash
           FROM desired d
           FULL JOIN current c ON c.target_id = d.target_id AND c.me_file_id = d.me_file_id
+         WHERE d.me_file_id IS NULL OR c.id IS NULL OR c.target_band_id <> d.target_band_id
+            OR c.matching_tags_snapshot IS DISTINCT FROM d.snapshot OR c.inputs_hash IS DISTINCT FROM d.inputs_hash
     ),
     gone AS (
-        DELETE FROM public.target_populations tp
-         USING diff x
-         WHERE tp.id = x.id AND x.new_band IS NULL
+        DELETE FROM public.target_populations tp USING diff x
+         WHERE tp.id = x.id AND x.band IS NULL
         RETURNING 1
     ),
     changed AS (
         UPDATE public.target_populations tp
-           SET target_band_id = x.new_band,
-               matching_tags_snapshot = x.new_snapshot,
-               updated_at = now()
+           SET target_band_id = x.band, matching_tags_snapshot = x.snapshot, inputs_hash = x.hash, updated_at = now()
           FROM diff x
-         WHERE tp.id = x.id AND x.new_band IS NOT NULL
-           AND (x.old_band <> x.new_band OR x.old_snapshot IS DISTINCT FROM x.new_snapshot)
-        RETURNING x.old_band <> x.new_band AS is_move
+         WHERE tp.id = x.id AND x.band IS NOT NULL
+        RETURNING 1
     ),
     added AS (
-        INSERT INTO public.target_populations (target_id, target_band_id, me_file_id, matching_tags_snapshot)
-        SELECT x.target_id, x.new_band, x.me_file_id, x.new_snapshot
-          FROM diff x
-         WHERE x.id IS NULL
+        -- under REPEATABLE READ a row another transaction inserted meanwhile is a 40001
+        INSERT INTO public.target_populations (target_id, target_band_id, me_file_id, matching_tags_snapshot, inputs_hash)
+        SELECT x.target_id, x.band, x.me_file_id, x.snapshot, x.hash FROM diff x WHERE x.id IS NULL
+        ON CONFLICT (target_id, me_file_id) DO NOTHING
+        RETURNING me_file_id
+    ),
+    marked AS (
+        -- rows this transaction inserted: a REPEATABLE READ sync of the same me_file that
+        -- started earlier cannot see them, but fails on this marker instead
+        INSERT INTO pgsnap.me_file_syncs AS s (me_file_id, synced_by)
+        SELECT DISTINCT a.me_file_id, pg_current_xact_id() FROM added a
+        ON CONFLICT (me_file_id) DO UPDATE SET synced_by = EXCLUDED.synced_by
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM added),
-           (SELECT count(*) FILTER (WHERE is_move) FROM changed),
-           (SELECT count(*) FILTER (WHERE NOT is_move) FROM changed),
-           (SELECT count(*) FROM gone)
-      INTO inserted, moved, refreshed, deleted;
+    SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM changed) + (SELECT count(*) FROM added)
+           + 0 * (SELECT count(*) FROM marked)
+      INTO v_changed;
+    RETURN v_changed;
 END;
 $$;
 
 --
--- Name: FUNCTION _reconcile(p_target_ids bigint[], p_me_file_ids bigint[], p_exclusive boolean, OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint); Type: COMMENT; Schema: pgsnap; Owner: -
+-- Name: FUNCTION _sync(p_me_file_ids bigint[], p_trait_ids bigint[], p_all boolean); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap._reconcile(p_target_ids bigint[], p_me_file_ids bigint[], p_exclusive boolean, OUT inserted bigint, OUT moved bigint, OUT refreshed bigint, OUT deleted bigint) IS 'Internal: bring the population rows of targets x me_files to the rule; returns rows inserted, moved, refreshed, deleted.';
+COMMENT ON FUNCTION pgsnap._sync(p_me_file_ids bigint[], p_trait_ids bigint[], p_all boolean) IS 'Internal: recompute these me_files in the maintained targets using these traits (p_all: every target they touch).';
 
 --
--- Name: _release_own_lock(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: _sync_check_snapshot(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._release_own_lock(p_key bigint) RETURNS void
+CREATE FUNCTION pgsnap._sync_check_snapshot(p_me_file_ids bigint[], p_target_ids bigint[]) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    WHILE pgsnap._lock_holder(p_key) = pg_backend_pid() LOOP
-        PERFORM pg_advisory_unlock(p_key);
-    END LOOP;
-END;
-$$;
-
---
--- Name: _snapshot_shape_ok(jsonb); Type: FUNCTION; Schema: pgsnap; Owner: -
---
-
-CREATE FUNCTION pgsnap._snapshot_shape_ok(p_snapshot jsonb) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT p_snapshot IS NULL
-        OR (jsonb_typeof(p_snapshot) = 'object'
-            AND jsonb_typeof(p_snapshot -> 'tags') IS NOT DISTINCT FROM 'array')
-$$;
-
---
--- Name: _sync(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
---
-
-CREATE FUNCTION pgsnap._sync(p_me_file_ids bigint[], p_trait_ids bigint[]) RETURNS bigint
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-DECLARE
-    v_targets bigint[];
-    v_counts  record;
-BEGIN
-    IF p_me_file_ids IS NULL OR cardinality(p_me_file_ids) = 0 THEN
-        RETURN 0;
-    END IF;
-    IF p_trait_ids IS NULL OR array_position(p_trait_ids, NULL) IS NOT NULL THEN
-        SELECT array_agg(t.id ORDER BY t.id) INTO v_targets FROM public.targets t;
-    ELSE
-        SELECT array_agg(DISTINCT b.target_id ORDER BY b.target_id) INTO v_targets
-          FROM public.trait_group_traits gt
-          JOIN public.target_band_trait_groups bg ON bg.trait_group_id = gt.trait_group_id
-          JOIN public.target_bands b ON b.id = bg.target_band_id
-         WHERE gt.trait_id = ANY (p_trait_ids);
-    END IF;
-    IF v_targets IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- Shared with the status change of populate (see _populate_begin); statuses
-    -- are read in the next statement, after any such change has committed.
-    PERFORM pg_advisory_xact_lock_shared(pgsnap.lock_key('target:' || x))
-       FROM unnest(v_targets) AS x ORDER BY x;
-    SELECT array_agg(t.id ORDER BY t.id) INTO v_targets
-      FROM public.targets t
-     WHERE t.id = ANY (v_targets)
-       AND t.population_status IN ('populating', 'populated');
-    IF v_targets IS NULL THEN
-        RETURN 0;
-    END IF;
-    v_counts := pgsnap._reconcile(v_targets, p_me_file_ids, true);
-    RETURN v_counts.inserted + v_counts.moved + v_counts.refreshed + v_counts.deleted;
+    PERFORM 1 FROM public.target_populations tp
+     WHERE tp.target_id = ANY (p_target_ids) AND tp.me_file_id = ANY (p_me_file_ids)
+       FOR SHARE;
+    PERFORM 1 FROM public.me_file_tags t WHERE t.me_file_id = ANY (p_me_file_ids) FOR SHARE;
+    INSERT INTO pgsnap.me_file_syncs (me_file_id, synced_by)
+    SELECT f, pg_current_xact_id() FROM unnest(p_me_file_ids) AS f
+    ON CONFLICT (me_file_id) DO NOTHING;
+    INSERT INTO pgsnap.target_state (target_id)
+    SELECT t.id FROM public.targets t WHERE t.id = ANY (p_target_ids)
+    ON CONFLICT (target_id) DO NOTHING;
 END;
 $$;
 
@@ -453,32 +1224,7 @@ BEGIN
     SELECT array_agg(DISTINCT q.me_file_id), array_agg(DISTINCT q.trait_id)
       INTO v_files, v_traits
       FROM q;
-    -- me_files deleted in this transaction have no rows left to fix
-    DELETE FROM pgsnap.me_file_syncs s
-     WHERE s.me_file_id = ANY (v_files)
-       AND NOT EXISTS (SELECT 1 FROM public.me_files f WHERE f.id = s.me_file_id);
-    SELECT array_agg(f.id) INTO v_files FROM public.me_files f WHERE f.id = ANY (v_files);
     PERFORM pgsnap._sync(v_files, v_traits);
-    RETURN NULL;
-END;
-$$;
-
---
--- Name: _sync_enqueue_me_files(); Type: FUNCTION; Schema: pgsnap; Owner: -
---
-
-CREATE FUNCTION pgsnap._sync_enqueue_me_files() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-BEGIN
-    INSERT INTO pgsnap.sync_queue (xact, me_file_id, trait_id)
-    SELECT pg_current_xact_id(), n.id, NULL FROM new_rows n
-    ON CONFLICT DO NOTHING;
-    IF FOUND THEN
-        INSERT INTO pgsnap.sync_pending (xact) VALUES (pg_current_xact_id())
-        ON CONFLICT DO NOTHING;
-    END IF;
     RETURN NULL;
 END;
 $$;
@@ -495,10 +1241,12 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO pgsnap.sync_queue (xact, me_file_id, trait_id)
         SELECT DISTINCT pg_current_xact_id(), n.me_file_id, n.trait_id FROM new_rows n
+         WHERE EXISTS (SELECT 1 FROM pgsnap.band_traits bt WHERE bt.trait_id = n.trait_id)
         ON CONFLICT DO NOTHING;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO pgsnap.sync_queue (xact, me_file_id, trait_id)
         SELECT DISTINCT pg_current_xact_id(), o.me_file_id, o.trait_id FROM old_rows o
+         WHERE EXISTS (SELECT 1 FROM pgsnap.band_traits bt WHERE bt.trait_id = o.trait_id)
         ON CONFLICT DO NOTHING;
     ELSE
         -- only changes that can matter: which me_file, which trait, which value
@@ -508,8 +1256,8 @@ BEGIN
           JOIN new_rows n ON n.id = o.id
          CROSS JOIN LATERAL (VALUES (o.me_file_id, o.trait_id), (n.me_file_id, n.trait_id))
                AS x(me_file_id, trait_id)
-         WHERE (o.me_file_id, o.trait_id, o.tag_value)
-               IS DISTINCT FROM (n.me_file_id, n.trait_id, n.tag_value)
+         WHERE (o.me_file_id, o.trait_id, o.tag_value) IS DISTINCT FROM (n.me_file_id, n.trait_id, n.tag_value)
+           AND EXISTS (SELECT 1 FROM pgsnap.band_traits bt WHERE bt.trait_id = x.trait_id)
         ON CONFLICT DO NOTHING;
     END IF;
     IF FOUND THEN
@@ -541,6 +1289,49 @@ $$;
 COMMENT ON FUNCTION pgsnap._track_populating() IS 'Internal: keeps targets.populating_since equal to when the target last entered populating.';
 
 --
+-- Name: _traits_changed(); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._traits_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_targets   bigint[];
+    v_recompile bigint[];
+    v_what      text;
+BEGIN
+    WITH changed AS (
+        SELECT n.id, (o.parent_trait_id, o.trait_name) IS DISTINCT FROM (n.parent_trait_id, n.trait_name)
+                     AS recompile
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE (o.trait_name, o.display_order, o.parent_trait_id)
+               IS DISTINCT FROM (n.trait_name, n.display_order, n.parent_trait_id)
+    ),
+    affected AS (   -- the changed trait as a band trait, or as the parent of band traits
+        SELECT bt.target_id, c.id, c.recompile
+          FROM changed c JOIN pgsnap.band_traits bt ON bt.trait_id = c.id
+        UNION
+        SELECT bt.target_id, c.id, false
+          FROM changed c
+          JOIN public.traits child ON child.parent_trait_id = c.id
+          JOIN pgsnap.band_traits bt ON bt.trait_id = child.id
+    )
+    SELECT array_agg(DISTINCT a.target_id), array_agg(DISTINCT a.target_id) FILTER (WHERE a.recompile),
+           string_agg(DISTINCT a.id::text, ', ')
+      INTO v_targets, v_recompile, v_what
+      FROM affected a;
+    IF v_recompile IS NOT NULL THEN   -- whether its tags show in snapshots, and its name
+        PERFORM pgsnap._compile(v_recompile);
+    END IF;
+    IF v_targets IS NOT NULL THEN
+        PERFORM pgsnap._mark_stale(v_targets, 'snapshot', 'trait ' || v_what || ' renamed, reordered or re-parented');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+--
 -- Name: backfill_band(bigint, integer); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
@@ -551,16 +1342,20 @@ CREATE FUNCTION pgsnap.backfill_band(p_target_band_id bigint, p_batch_size integ
 DECLARE
     v_ids   bigint[];
     v_files bigint[];
+    v_bands bigint[];
     v_n     bigint;
     v_total bigint := 0;
 BEGIN
-    PERFORM pgsnap._check_batch_size(p_batch_size);
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM public.target_bands b WHERE b.id = p_target_band_id) THEN
         RAISE EXCEPTION 'target band % does not exist', coalesce(p_target_band_id::text, 'NULL')
             USING ERRCODE = 'no_data_found';
     END IF;
     LOOP
-        SELECT array_agg(x.id), array_agg(x.me_file_id) INTO v_ids, v_files
+        SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(p_target_band_id) INTO v_ids, v_files, v_bands
           FROM (SELECT tp.id, tp.me_file_id FROM public.target_populations tp
                  WHERE tp.target_band_id = p_target_band_id AND tp.matching_tags_snapshot IS NULL
                  ORDER BY tp.id LIMIT p_batch_size
@@ -569,8 +1364,7 @@ BEGIN
         UPDATE public.target_populations tp
            SET matching_tags_snapshot = s.snapshot, updated_at = now()
           FROM unnest(v_ids, v_files) AS u(id, me_file_id)
-          JOIN pgsnap.snapshots(v_files, array_fill(p_target_band_id, ARRAY[cardinality(v_files)])) s
-            ON s.me_file_id = u.me_file_id
+          JOIN pgsnap.snapshots(v_files, v_bands) s ON s.me_file_id = u.me_file_id
          WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_total := v_total + v_n;
@@ -599,10 +1393,13 @@ DECLARE
     v_bands bigint[];
     v_n     bigint;
 BEGIN
-    PERFORM pgsnap._check_batch_size(p_batch_size);
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     target_populations := 0; offers := 0; ad_events := 0;
 
-    -- populations
+    -- populations: built, set-based
     SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.target_band_id)
       INTO v_ids, v_files, v_bands
       FROM (SELECT tp.id, tp.me_file_id, tp.target_band_id
@@ -610,76 +1407,42 @@ BEGIN
              WHERE tp.matching_tags_snapshot IS NULL
              ORDER BY tp.id LIMIT p_batch_size
                FOR UPDATE SKIP LOCKED) x;
-    UPDATE public.target_populations tp
-       SET matching_tags_snapshot = s.snapshot, updated_at = now()
-      FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
-     WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    target_populations := v_n;
+    IF v_ids IS NOT NULL THEN
+        UPDATE public.target_populations tp
+           SET matching_tags_snapshot = s.snapshot, updated_at = now()
+          FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
+          JOIN pgsnap.snapshots(v_files, v_bands) s
+            ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
+         WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        target_populations := v_n;
+    END IF;
 
-    -- offers: the population's snapshot, however long ago it was filled
-    SELECT array_agg(x.id) INTO v_ids
-      FROM (SELECT o.id FROM public.offers o
-             WHERE o.matching_tags_snapshot IS NULL
-             ORDER BY o.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) x;
+    -- offers
     UPDATE public.offers o
-       SET matching_tags_snapshot = tp.matching_tags_snapshot
-      FROM public.target_populations tp
-     WHERE o.id = ANY (v_ids) AND o.matching_tags_snapshot IS NULL
-       AND tp.me_file_id = o.me_file_id AND tp.target_band_id = o.target_band_id
-       AND tp.matching_tags_snapshot IS NOT NULL;
+       SET matching_tags_snapshot = i.snapshot
+      FROM (SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
+             WHERE x.matching_tags_snapshot IS NULL
+             ORDER BY x.id LIMIT p_batch_size
+               FOR UPDATE SKIP LOCKED) c
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
+     WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     offers := v_n;
-    -- ... otherwise built from the me_file's tags for that band
-    SELECT array_agg(o.id), array_agg(o.me_file_id), array_agg(o.target_band_id)
-      INTO v_ids, v_files, v_bands
-      FROM public.offers o WHERE o.id = ANY (v_ids) AND o.matching_tags_snapshot IS NULL;
-    UPDATE public.offers o
-       SET matching_tags_snapshot = s.snapshot
-      FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id IS NOT DISTINCT FROM u.me_file_id AND s.target_band_id IS NOT DISTINCT FROM u.band_id
-     WHERE o.id = u.id AND o.matching_tags_snapshot IS NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    offers := offers + v_n;
 
-    -- ad_events: only those whose offer is filled already (offers first)
-    SELECT array_agg(x.id) INTO v_ids
-      FROM (SELECT a.id FROM public.ad_events a
-             WHERE a.matching_tags_snapshot IS NULL
-               AND NOT EXISTS (SELECT 1 FROM public.offers o
-                                WHERE o.id = a.offer_id AND o.matching_tags_snapshot IS NULL)
-             ORDER BY a.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) x;
+    -- ad_events whose offer has its snapshot already (offers first)
     UPDATE public.ad_events a
-       SET matching_tags_snapshot = o.matching_tags_snapshot
-      FROM public.offers o
-     WHERE a.id = ANY (v_ids) AND a.matching_tags_snapshot IS NULL
-       AND o.id = a.offer_id AND o.matching_tags_snapshot IS NOT NULL;
+       SET matching_tags_snapshot = i.snapshot
+      FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+             WHERE x.matching_tags_snapshot IS NULL
+               AND NOT EXISTS (SELECT 1 FROM public.offers o
+                                WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
+             ORDER BY x.id LIMIT p_batch_size
+               FOR UPDATE SKIP LOCKED) c
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+     WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     ad_events := v_n;
-    UPDATE public.ad_events a
-       SET matching_tags_snapshot = tp.matching_tags_snapshot
-      FROM public.target_populations tp
-     WHERE a.id = ANY (v_ids) AND a.matching_tags_snapshot IS NULL
-       AND tp.me_file_id = a.me_file_id AND tp.target_band_id = a.target_band_id
-       AND tp.matching_tags_snapshot IS NOT NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    ad_events := ad_events + v_n;
-    SELECT array_agg(a.id), array_agg(a.me_file_id), array_agg(a.target_band_id)
-      INTO v_ids, v_files, v_bands
-      FROM public.ad_events a WHERE a.id = ANY (v_ids) AND a.matching_tags_snapshot IS NULL;
-    UPDATE public.ad_events a
-       SET matching_tags_snapshot = s.snapshot
-      FROM unnest(v_ids, v_files, v_bands) AS u(id, me_file_id, band_id)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id IS NOT DISTINCT FROM u.me_file_id AND s.target_band_id IS NOT DISTINCT FROM u.band_id
-     WHERE a.id = u.id AND a.matching_tags_snapshot IS NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    ad_events := ad_events + v_n;
     RETURN NEXT;
 END;
 $$;
@@ -696,129 +1459,172 @@ COMMENT ON FUNCTION pgsnap.backfill_batch(p_batch_size integer) IS 'Fill one bou
 
 CREATE PROCEDURE pgsnap.backfill_missing_snapshots(IN p_batch_size integer DEFAULT 500, IN p_max_batches integer DEFAULT NULL::integer)
     LANGUAGE plpgsql
-    AS $$
+    AS $_$
 DECLARE
-    v_own_xact boolean := pg_catalog.now() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp();
-    v_caller_path text := pg_catalog.current_setting('search_path');
+    v_start    record;
     v_run      bigint;
-    v_done     record;
+    v_total    bigint;
+    v_done     bigint := 0::bigint;
+    v_counts   record;
     v_batches  integer := 0;
     v_stop     boolean := false;
     v_error    text;
     v_state    text;
+    v_tables   text[];
+    v_table    text;
+    v_from     bigint;
+    v_max      bigint;
+    v_n        bigint;
+    v_summary  jsonb;
 BEGIN
+    COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    PERFORM pgsnap._check_batch_size(p_batch_size);
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF p_max_batches IS NOT NULL AND p_max_batches < 1 THEN
         RAISE EXCEPTION 'max batches must be a positive integer or NULL, got %', p_max_batches
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_run := pgsnap._backfill_run_start();
-    IF v_run IS NULL THEN
-        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+    v_start := pgsnap._backfill_start();
+    IF v_start.run_id IS NULL THEN
+        v_summary := pgsnap._backfill_summary(v_start.skipped_run_id);
+        PERFORM pgsnap._notice('pgsnap backfill: another run is active; skipped', v_summary);
+        COMMIT;
         RETURN;
     END IF;
-    IF v_own_xact THEN
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    END IF;
+    v_run := v_start.run_id;
+    v_tables := ARRAY(SELECT t FROM unnest(ARRAY['target_populations', 'offers', 'ad_events']) AS t
+                       WHERE pgsnap._reshape_pending(t));
+    SELECT coalesce(sum(p.rows), 0)::bigint INTO v_total FROM pgsnap.backfill_plan() p;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+    -- every failure of a batch, a cancel included, ends the run on the record (the COMMIT
+    -- stays outside: a block with EXCEPTION may not commit)
     LOOP
-        -- every failure of a batch, a cancel included, ends the run on the
-        -- record (the COMMIT stays outside: a block with EXCEPTION may not commit)
         BEGIN
-            SELECT * INTO v_done FROM pgsnap.backfill_batch(p_batch_size);
-            EXIT WHEN v_done.target_populations = 0 AND v_done.offers = 0 AND v_done.ad_events = 0;
-            v_stop := pgsnap._backfill_run_step(v_run, v_done.target_populations, v_done.offers,
-                                                v_done.ad_events);
+            SELECT * INTO v_counts FROM pgsnap.backfill_batch(p_batch_size);
+            EXIT WHEN v_counts.target_populations = 0 AND v_counts.offers = 0 AND v_counts.ad_events = 0;
+            UPDATE pgsnap.backfill_runs r
+               SET batches = r.batches + 1,
+                   target_populations = r.target_populations + v_counts.target_populations,
+                   offers = r.offers + v_counts.offers, ad_events = r.ad_events + v_counts.ad_events
+             WHERE r.id = v_run
+            RETURNING r.stop_requested INTO v_stop;
         EXCEPTION WHEN OTHERS OR query_canceled THEN
             GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
         END;
         EXIT WHEN v_error IS NOT NULL;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         v_batches := v_batches + 1;
-        IF v_own_xact THEN
-            COMMIT;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        END IF;
+        v_done := v_done + v_counts.target_populations + v_counts.offers + v_counts.ad_events;
+        PERFORM pgsnap._notice(format('pgsnap backfill: batch %s, %s of %s rows', v_batches, v_done, v_total),
+            jsonb_build_object('event', 'batch', 'job', 'backfill', 'run_id', v_run, 'batch', v_batches,
+                               'done', v_done, 'total', greatest(v_total, v_done))
+            || (SELECT jsonb_build_object('target_populations', r.target_populations, 'offers', r.offers,
+                                          'ad_events', r.ad_events)
+                  FROM pgsnap.backfill_runs r WHERE r.id = v_run));
         EXIT WHEN v_stop OR v_batches >= p_max_batches;
     END LOOP;
-    IF v_error IS NOT NULL THEN
-        -- release the session lock first: recording the run may have to wait
-        PERFORM pg_advisory_unlock(pgsnap.lock_key('backfill'));
+
+    -- rows in another shape, while the journey has not validated the stricter check
+    IF v_error IS NULL AND NOT v_stop AND (p_max_batches IS NULL OR v_batches < p_max_batches) THEN
+        FOREACH v_table IN ARRAY v_tables LOOP
+            EXECUTE format('SELECT min(id), max(id) FROM public.%I', v_table) INTO v_from, v_max;
+            WHILE v_from <= v_max AND v_error IS NULL LOOP
+                BEGIN
+                    v_n := pgsnap._reshape_batch(v_table, v_from, v_from + p_batch_size * 20 - 1);
+                    IF v_n > 0 THEN
+                        EXECUTE format('UPDATE pgsnap.backfill_runs r SET %I = r.%I + $1 WHERE r.id = $2',
+                                       v_table, v_table) USING v_n, v_run;
+                    END IF;
+                EXCEPTION WHEN OTHERS OR query_canceled THEN
+                    GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
+                END;
+                COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                v_from := v_from + p_batch_size * 20;
+                v_done := v_done + coalesce(v_n, 0);
+            END LOOP;
+        END LOOP;
     END IF;
-    PERFORM pgsnap._backfill_run_finish(
-        v_run,
-        CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop THEN 'stopped' ELSE 'succeeded' END,
-        v_error);
+
+    IF v_error IS NULL THEN   -- the stored band counts, kept equal to the rows
+        PERFORM pgsnap._refresh_population_counts(NULL);
+    END IF;
+    UPDATE pgsnap.backfill_runs r
+       SET status = CASE WHEN v_error IS NOT NULL THEN 'failed' WHEN v_stop OR v_batches >= p_max_batches
+                         THEN 'stopped' ELSE 'succeeded' END,
+           error = v_error, finished_at = clock_timestamp()
+     WHERE r.id = v_run;
+    v_summary := pgsnap._backfill_summary(v_run);
+    PERFORM pgsnap._notice(format('pgsnap backfill: run %s %s', v_run, v_summary ->> 'status'), v_summary);
+    COMMIT;
     IF v_error IS NOT NULL THEN
-        IF v_own_xact THEN
-            COMMIT;
-        END IF;
         RAISE EXCEPTION 'pgsnap backfill failed: %', v_error USING ERRCODE = v_state;
     END IF;
-    IF NOT v_own_xact THEN
-        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
-    END IF;
 END;
-$$;
+$_$;
 
 --
 -- Name: PROCEDURE backfill_missing_snapshots(IN p_batch_size integer, IN p_max_batches integer); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON PROCEDURE pgsnap.backfill_missing_snapshots(IN p_batch_size integer, IN p_max_batches integer) IS 'The scheduled safety net: backfill_batch until nothing is left (or p_max_batches), COMMIT per batch, skip if another run is active, recorded in pgsnap.backfill_runs.';
+COMMENT ON PROCEDURE pgsnap.backfill_missing_snapshots(IN p_batch_size integer, IN p_max_batches integer) IS 'The scheduled safety net: backfill_batch until nothing is left (or p_max_batches), COMMIT per batch, skip if another run is active, recorded in pgsnap.backfill_runs. Fails at once inside a transaction block.';
 
 --
--- Name: backfill_plan(); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: me_file_tags; Type: TABLE; Schema: public; Owner: -
 --
 
-CREATE FUNCTION pgsnap.backfill_plan() RETURNS TABLE(table_name text, source text, rows bigint)
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT 'target_populations', 'built', count(*)
-      FROM public.target_populations tp WHERE tp.matching_tags_snapshot IS NULL
-    UNION ALL
-    SELECT 'offers', CASE WHEN tp.id IS NULL THEN 'built' ELSE 'population' END, count(*)
-      FROM public.offers o
-      LEFT JOIN public.target_populations tp
-        ON tp.me_file_id = o.me_file_id AND tp.target_band_id = o.target_band_id
-     WHERE o.matching_tags_snapshot IS NULL
-     GROUP BY 2
-    UNION ALL
-    SELECT 'ad_events',
-           CASE WHEN o.id IS NOT NULL THEN 'offer'
-                WHEN tp.id IS NOT NULL THEN 'population' ELSE 'built' END, count(*)
-      FROM public.ad_events a
-      LEFT JOIN public.offers o ON o.id = a.offer_id
-      LEFT JOIN public.target_populations tp
-        ON tp.me_file_id = a.me_file_id AND tp.target_band_id = a.target_band_id
-     WHERE a.matching_tags_snapshot IS NULL
-     GROUP BY 2
-$$;
+CREATE TABLE public.me_file_tags (
+    id bigint NOT NULL,
+    me_file_id bigint NOT NULL,
+    trait_id bigint NOT NULL,
+    tag_value text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
 
 --
--- Name: FUNCTION backfill_plan(); Type: COMMENT; Schema: pgsnap; Owner: -
+-- Name: snapshots(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap.backfill_plan() IS 'Dry run of the backfill: NULL rows per table and the source their snapshot would come from.';
+CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RETURNS TABLE(me_file_id bigint, target_band_id bigint, snapshot jsonb)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ WITH pairs AS (
+          SELECT DISTINCT u.me_file_id,
+             u.band_id
+            FROM UNNEST(snapshots.p_me_file_ids, snapshots.p_band_ids) u(me_file_id, band_id)
+         ), parents AS (
+          SELECT p_1.me_file_id,
+             p_1.band_id,
+             c.parent_trait_id,
+             json_agg(json_build_array(c.id, COALESCE(NULLIF(t.tag_value, ''::text), c.trait_name), c.display_order) ORDER BY c.display_order, c.id) AS children
+            FROM (((pairs p_1
+              JOIN public.me_file_tags t ON ((t.me_file_id = p_1.me_file_id)))
+              JOIN pgsnap.band_traits m ON (((m.trait_id = t.trait_id) AND (m.target_band_id = p_1.band_id))))
+              JOIN public.traits c ON ((c.id = t.trait_id)))
+           WHERE m.in_snapshot
+           GROUP BY p_1.me_file_id, p_1.band_id, c.parent_trait_id
+         )
+  SELECT p.me_file_id,
+     p.band_id,
+     (json_build_object('tags', COALESCE(json_agg(json_build_array(pt.id, pt.trait_name, pt.display_order, x.children) ORDER BY pt.display_order, pt.id) FILTER (WHERE (pt.id IS NOT NULL)), '[]'::json)))::jsonb AS json_build_object
+    FROM (pairs p
+      LEFT JOIN (parents x
+      JOIN public.traits pt ON ((pt.id = x.parent_trait_id))) ON (((x.me_file_id = p.me_file_id) AND (x.band_id = p.band_id))))
+   GROUP BY p.me_file_id, p.band_id;
+END;
 
 --
--- Name: band_for(bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: FUNCTION snapshots(p_me_file_ids bigint[], p_band_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap.band_for(p_me_file_id bigint, p_target_id bigint) RETURNS bigint
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT m.target_band_id
-      FROM pgsnap.memberships(ARRAY[p_target_id], ARRAY[p_me_file_id]) m
-$$;
-
---
--- Name: FUNCTION band_for(p_me_file_id bigint, p_target_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
---
-
-COMMENT ON FUNCTION pgsnap.band_for(p_me_file_id bigint, p_target_id bigint) IS 'The me_file''s band in that target under the membership rule, or NULL.';
+COMMENT ON FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) IS 'Snapshots of the (me_file, band) pairs zipped from the two arrays; the one builder.';
 
 --
 -- Name: build_snapshot(bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -826,17 +1632,209 @@ COMMENT ON FUNCTION pgsnap.band_for(p_me_file_id bigint, p_target_id bigint) IS 
 
 CREATE FUNCTION pgsnap.build_snapshot(p_me_file_id bigint, p_target_band_id bigint) RETURNS jsonb
     LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT s.snapshot
-      FROM pgsnap.snapshots(ARRAY[p_me_file_id], ARRAY[p_target_band_id]) s
-$$;
+    BEGIN ATOMIC
+ SELECT s.snapshot
+    FROM pgsnap.snapshots(ARRAY[build_snapshot.p_me_file_id], ARRAY[build_snapshot.p_target_band_id]) s(me_file_id, target_band_id, snapshot);
+END;
 
 --
 -- Name: FUNCTION build_snapshot(p_me_file_id bigint, p_target_band_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
 COMMENT ON FUNCTION pgsnap.build_snapshot(p_me_file_id bigint, p_target_band_id bigint) IS 'matching_tags_snapshot of a me_file in a band: {"tags": [[parent_id, name, order, [[trait_id, value, order], ...]], ...]}; never NULL.';
+
+--
+-- Name: snapshot_shape_ok(jsonb); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.snapshot_shape_ok(p_snapshot jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT COALESCE(((jsonb_typeof(p_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((p_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)) AND (NOT ((p_snapshot -> 'tags'::text) @? 'strict $[*]?(@.type() != "array")'::jsonpath))), false) AS "coalesce";
+END;
+
+--
+-- Name: FUNCTION snapshot_shape_ok(p_snapshot jsonb); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.snapshot_shape_ok(p_snapshot jsonb) IS 'Whether a value has the snapshot shape {"tags": [[...], ...]} (false for NULL).';
+
+--
+-- Name: offers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.offers (
+    id bigint NOT NULL,
+    campaign_id bigint NOT NULL,
+    me_file_id bigint NOT NULL,
+    target_band_id bigint NOT NULL,
+    offer_amt numeric(10,2) NOT NULL,
+    is_current boolean DEFAULT false NOT NULL,
+    matching_tags_snapshot jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT offers_snapshot_shape CHECK (((matching_tags_snapshot IS NULL) OR ((jsonb_typeof(matching_tags_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((matching_tags_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)) AND (NOT ((matching_tags_snapshot -> 'tags'::text) @? 'strict $[*]?(@.type() != "array")'::jsonpath)))))
+);
+
+--
+-- Name: inherited_snapshot(bigint, bigint, bigint, boolean); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.inherited_snapshot(p_offer_id bigint, p_me_file_id bigint, p_target_band_id bigint, p_build boolean DEFAULT true) RETURNS TABLE(source text, snapshot jsonb)
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ WITH offer AS (
+          SELECT o.me_file_id,
+             o.target_band_id,
+                 CASE
+                     WHEN pgsnap.snapshot_shape_ok(o.matching_tags_snapshot) THEN o.matching_tags_snapshot
+                     ELSE NULL::jsonb
+                 END AS s
+            FROM public.offers o
+           WHERE (o.id = inherited_snapshot.p_offer_id)
+         ), subject AS (
+          SELECT COALESCE(( SELECT o.me_file_id
+                    FROM offer o), p_me_file_id) AS me_file_id,
+                 CASE
+                     WHEN (EXISTS ( SELECT 1
+                        FROM offer)) THEN ( SELECT o.target_band_id
+                        FROM offer o)
+                     ELSE p_target_band_id
+                 END AS band_id
+         ), population AS (
+          SELECT
+                 CASE
+                     WHEN pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot) THEN tp.matching_tags_snapshot
+                     ELSE NULL::jsonb
+                 END AS s
+            FROM public.target_populations tp,
+             subject x
+           WHERE ((tp.me_file_id = x.me_file_id) AND (tp.target_band_id = x.band_id))
+         )
+  SELECT
+         CASE
+             WHEN (EXISTS ( SELECT 1
+                FROM offer)) THEN 'offer'::text
+             WHEN (EXISTS ( SELECT 1
+                FROM population)) THEN 'population'::text
+             ELSE 'built'::text
+         END AS "case",
+     COALESCE(( SELECT o.s
+            FROM offer o), ( SELECT p.s
+            FROM population p),
+         CASE
+             WHEN p_build THEN ( SELECT pgsnap.build_snapshot(x.me_file_id, x.band_id) AS build_snapshot
+                FROM subject x)
+             ELSE NULL::jsonb
+         END) AS "coalesce";
+END;
+
+--
+-- Name: FUNCTION inherited_snapshot(p_offer_id bigint, p_me_file_id bigint, p_target_band_id bigint, p_build boolean); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.inherited_snapshot(p_offer_id bigint, p_me_file_id bigint, p_target_band_id bigint, p_build boolean) IS 'The snapshot a new or legacy offer/ad_event takes, and its source: offer, population or built.';
+
+--
+-- Name: ad_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.ad_events (
+    id bigint NOT NULL,
+    offer_id bigint,
+    campaign_id bigint,
+    me_file_id bigint,
+    target_band_id bigint,
+    event_type text NOT NULL,
+    amount numeric(10,2) DEFAULT 0 NOT NULL,
+    matching_tags_snapshot jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT ad_events_snapshot_shape CHECK (((matching_tags_snapshot IS NULL) OR ((jsonb_typeof(matching_tags_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((matching_tags_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)) AND (NOT ((matching_tags_snapshot -> 'tags'::text) @? 'strict $[*]?(@.type() != "array")'::jsonpath)))))
+);
+
+--
+-- Name: backfill_plan(); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.backfill_plan() RETURNS TABLE(table_name text, source text, rows bigint)
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT 'target_populations'::text,
+     'built'::text,
+     count(*) AS count
+    FROM public.target_populations tp
+   WHERE ((tp.matching_tags_snapshot IS NULL) OR (pgsnap._reshape_pending('target_populations'::text) AND (NOT pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot))))
+ UNION ALL
+  SELECT 'offers'::text,
+     i.source,
+     count(*) AS count
+    FROM (public.offers o
+      CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL::bigint, o.me_file_id, o.target_band_id, false) i(source, snapshot))
+   WHERE ((o.matching_tags_snapshot IS NULL) OR (pgsnap._reshape_pending('offers'::text) AND (NOT pgsnap.snapshot_shape_ok(o.matching_tags_snapshot))))
+   GROUP BY i.source
+ UNION ALL
+  SELECT 'ad_events'::text,
+     i.source,
+     count(*) AS count
+    FROM (public.ad_events a
+      CROSS JOIN LATERAL pgsnap.inherited_snapshot(a.offer_id, a.me_file_id, a.target_band_id, false) i(source, snapshot))
+   WHERE ((a.matching_tags_snapshot IS NULL) OR (pgsnap._reshape_pending('ad_events'::text) AND (NOT pgsnap.snapshot_shape_ok(a.matching_tags_snapshot))))
+   GROUP BY i.source;
+END;
+
+--
+-- Name: FUNCTION backfill_plan(); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.backfill_plan() IS 'Dry run of the backfill: rows to fill (NULL, or in another shape before its check is validated) per table and source.';
+
+--
+-- Name: memberships(bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.memberships(p_target_ids bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT DISTINCT ON (s.target_id, s.me_file_id) s.target_id,
+     s.target_band_id,
+     s.me_file_id,
+     s.inputs_hash
+    FROM ( SELECT m.target_id,
+             m.target_band_id,
+             m.tier,
+             t.me_file_id,
+             COALESCE(bit_xor(hashtextextended(COALESCE(NULLIF(t.tag_value, ''::text), m.trait_name), t.trait_id)) FILTER (WHERE m.in_snapshot), (0)::bigint) AS inputs_hash
+            FROM (public.me_file_tags t
+              JOIN pgsnap.band_traits m ON ((m.trait_id = t.trait_id)))
+           WHERE (m.target_id = ANY (memberships.p_target_ids))
+           GROUP BY m.target_id, m.target_band_id, m.tier, t.me_file_id
+          HAVING (bit_or((m.bits)::"bit") = bit_or((m.full_mask)::"bit"))) s
+   ORDER BY s.target_id, s.me_file_id, s.tier;
+END;
+
+--
+-- Name: FUNCTION memberships(p_target_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.memberships(p_target_ids bigint[]) IS 'The one membership rule: (target, band, me_file, inputs_hash) for the given targets; filter by me_file_id.';
+
+--
+-- Name: band_for(bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.band_for(p_me_file_id bigint, p_target_id bigint) RETURNS bigint
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT m.target_band_id
+    FROM pgsnap.memberships(ARRAY[band_for.p_target_id]) m(target_id, target_band_id, me_file_id, inputs_hash)
+   WHERE (m.me_file_id = band_for.p_me_file_id);
+END;
+
+--
+-- Name: FUNCTION band_for(p_me_file_id bigint, p_target_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.band_for(p_me_file_id bigint, p_target_id bigint) IS 'The me_file''s band in that target under the membership rule, or NULL.';
 
 --
 -- Name: check_invariants(); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -860,7 +1858,7 @@ BEGIN
     FOREACH v_table IN ARRAY ARRAY['target_populations', 'offers', 'ad_events'] LOOP
         EXECUTE format(
             'SELECT count(*), count(*) FILTER (WHERE x.matching_tags_snapshot IS NULL),'
-            '       count(*) FILTER (WHERE NOT pgsnap._snapshot_shape_ok(x.matching_tags_snapshot))'
+            '       count(*) FILTER (WHERE NOT (x.matching_tags_snapshot IS NULL OR pgsnap.snapshot_shape_ok(x.matching_tags_snapshot)))'
             '  FROM public.%I x', v_table)
           INTO v_total, v_nulls, v_bad;
         check_name := 'null_snapshots:' || v_table;
@@ -870,14 +1868,14 @@ BEGIN
         check_name := 'snapshot_shape:' || v_table;
         violations := v_bad;
         IF v_bad = 0 THEN
-            detail := 'every snapshot is {"tags": [...]}';
+            detail := 'every snapshot is {"tags": [[...], ...]}';
         ELSE
             EXECUTE format(
                 'SELECT string_agg(y.id::text, '', '' ORDER BY y.id) FROM (SELECT x.id FROM public.%I x'
-                ' WHERE NOT pgsnap._snapshot_shape_ok(x.matching_tags_snapshot)'
+                ' WHERE NOT (x.matching_tags_snapshot IS NULL OR pgsnap.snapshot_shape_ok(x.matching_tags_snapshot))'
                 ' ORDER BY x.id LIMIT 5) y', v_table)
               INTO v_ids;
-            detail := format('not {"tags": [...]}: id %s%s', v_ids, CASE WHEN v_bad > 5 THEN ', ...' ELSE '' END);
+            detail := format('not {"tags": [[...], ...]}: id %s%s', v_ids, CASE WHEN v_bad > 5 THEN ', ...' ELSE '' END);
         END IF;
         RETURN NEXT;
     END LOOP;
@@ -933,6 +1931,38 @@ BEGIN
                         || CASE WHEN violations > 5 THEN ', ...' ELSE '' END END;
     RETURN NEXT;
 
+    -- targets a catalogue edit left stale for longer than the threshold
+    check_name := 'stale_targets';
+    SELECT coalesce((SELECT s.value FROM pgsnap.settings s WHERE s.key = 'stale_after'), '1 hour')
+      INTO v_setting;
+    v_threshold := v_setting::interval;
+    SELECT count(*),
+           string_agg(format('target %s since %s (%s: %s)', st.target_id,
+                             to_char(st.stale_since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC',
+                             st.kind, st.reason), ', ' ORDER BY st.stale_since, st.target_id) FILTER (WHERE st.k <= 5)
+      INTO violations, detail
+      FROM (SELECT s.*, row_number() OVER (ORDER BY s.stale_since, s.target_id) AS k
+              FROM pgsnap.stale_targets() s
+             WHERE s.stale_since < now() - v_threshold) st;
+    SELECT count(*) INTO v_bad FROM pgsnap.stale_targets();
+    detail := CASE WHEN violations = 0
+                   THEN format('none stale for more than %s (%s stale now, re-populated by the scheduled job)',
+                               v_setting, v_bad)
+                   ELSE format('stale for more than %s: ', v_setting) || detail
+                        || CASE WHEN violations > 5 THEN ', ...' ELSE '' END END;
+    RETURN NEXT;
+
+    -- the compiled catalogue (pgsnap.band_traits) equals the live one
+    check_name := 'compiled_catalogue';
+    SELECT count(*), string_agg(DISTINCT 'target ' || d.target_id, ', ')
+      INTO violations, detail
+      FROM ((SELECT * FROM pgsnap.catalogue_band_traits EXCEPT SELECT * FROM pgsnap.band_traits)
+            UNION ALL
+            (SELECT * FROM pgsnap.band_traits EXCEPT SELECT * FROM pgsnap.catalogue_band_traits)) d;
+    detail := CASE WHEN violations = 0 THEN 'pgsnap.band_traits matches the catalogue'
+                   ELSE format('%s rows differ (%s): run SELECT pgsnap._compile(NULL)', violations, detail) END;
+    RETURN NEXT;
+
     -- the latest backfill run (skipped ones aside) did not fail
     check_name := 'last_backfill_failed';
     SELECT r.id, r.status, r.pid, r.started_at, r.finished_at, r.error,
@@ -972,7 +2002,106 @@ $$;
 -- Name: FUNCTION check_invariants(); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap.check_invariants() IS 'pgsnap check: one row per invariant (null_snapshots:<table>, snapshot_shape:<table>, duplicate_populations, not_populated_rows, stuck_populating, last_backfill_failed) with its violation count and a detail.';
+COMMENT ON FUNCTION pgsnap.check_invariants() IS 'pgsnap check: one row per invariant (null_snapshots:<table>, snapshot_shape:<table>, duplicate_populations, not_populated_rows, stuck_populating, stale_targets, compiled_catalogue, last_backfill_failed) with its violation count and a detail.';
+
+--
+-- Name: explain(bigint, bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.explain(p_me_file_id bigint, p_target_id bigint) RETURNS TABLE(tier integer, target_band_id bigint, band_title text, is_bullseye boolean, n_groups integer, trait_group_id bigint, group_title text, group_satisfied boolean, via jsonb, band_satisfied boolean, picked boolean, reason text, snapshot jsonb, stored_band bigint, stored_snapshot jsonb, agrees boolean, target_state text)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.targets t WHERE t.id = p_target_id) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM public.me_files f WHERE f.id = p_me_file_id) THEN
+        RAISE EXCEPTION 'me_file % does not exist', coalesce(p_me_file_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY
+    WITH bands AS (
+        SELECT c.target_band_id, c.tier, c.n_groups, c.is_bullseye, c.matchable, b.title
+          FROM pgsnap.catalogue_bands c
+          JOIN public.target_bands b ON b.id = c.target_band_id
+         WHERE c.target_id = p_target_id
+    ),
+    groups AS (
+        SELECT bg.target_band_id, g.id AS trait_group_id, g.title,
+               (SELECT jsonb_agg(jsonb_build_array(t.trait_id, tr.trait_name, t.tag_value) ORDER BY t.trait_id)
+                  FROM public.me_file_tags t
+                  JOIN public.trait_group_traits gt ON gt.trait_id = t.trait_id AND gt.trait_group_id = g.id
+                  JOIN public.traits tr ON tr.id = t.trait_id
+                 WHERE t.me_file_id = p_me_file_id) AS via
+          FROM public.target_band_trait_groups bg
+          JOIN public.trait_groups g ON g.id = bg.trait_group_id
+         WHERE bg.target_band_id IN (SELECT x.target_band_id FROM bands x)
+    ),
+    satisfied AS (
+        SELECT b.target_band_id,
+               b.matchable AND NOT EXISTS (SELECT 1 FROM groups g
+                                            WHERE g.target_band_id = b.target_band_id AND g.via IS NULL) AS ok
+          FROM bands b
+    ),
+    pick AS (
+        SELECT b.* FROM bands b JOIN satisfied s USING (target_band_id) WHERE s.ok ORDER BY b.tier LIMIT 1
+    ),
+    stored AS (
+        SELECT tp.target_band_id, tp.matching_tags_snapshot FROM public.target_populations tp
+         WHERE tp.target_id = p_target_id AND tp.me_file_id = p_me_file_id
+    ),
+    would AS (
+        SELECT p.target_band_id, pgsnap.build_snapshot(p_me_file_id, p.target_band_id) AS snapshot FROM pick p
+    ),
+    state AS (
+        SELECT t.population_status
+               || CASE WHEN s.stale_since IS NOT NULL
+                       THEN format(', stale since %s (%s: %s)',
+                                   to_char(s.stale_since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC',
+                                   s.stale_kind, s.stale_reason)
+                       ELSE '' END AS text
+          FROM public.targets t LEFT JOIN pgsnap.target_state s ON s.target_id = t.id
+         WHERE t.id = p_target_id
+    )
+    SELECT b.tier, b.target_band_id, b.title, b.is_bullseye, b.n_groups,
+           g.trait_group_id, g.title, g.via IS NOT NULL, g.via,
+           s.ok, b.target_band_id IS NOT DISTINCT FROM p.target_band_id,
+           CASE
+               WHEN b.n_groups = 0 THEN 'matches nobody: the band has no trait groups'
+               WHEN NOT b.matchable THEN 'matches nobody: a trait group of the band has no traits'
+               WHEN NOT s.ok THEN 'not satisfied: no tag in '
+                    || (SELECT string_agg('group ' || x.trait_group_id, ', ' ORDER BY x.trait_group_id)
+                          FROM groups x WHERE x.target_band_id = b.target_band_id AND x.via IS NULL)
+               WHEN b.target_band_id = p.target_band_id THEN
+                   'picked: satisfied, and first by the rule (' || b.n_groups
+                   || CASE WHEN b.n_groups = 1 THEN ' group' ELSE ' groups' END
+                   || CASE WHEN b.is_bullseye THEN ', bullseye' ELSE '' END || ', band id ' || b.target_band_id || ')'
+               ELSE format('satisfied, but band %s comes first: %s', p.target_band_id,
+                           CASE WHEN p.n_groups > b.n_groups THEN format('%s groups against %s', p.n_groups, b.n_groups)
+                                WHEN p.is_bullseye AND NOT b.is_bullseye THEN 'same groups, and it is the bullseye'
+                                ELSE format('same groups and bullseye flag, lower id') END)
+           END,
+           w.snapshot, st.target_band_id, st.matching_tags_snapshot,
+           (w.target_band_id IS NOT DISTINCT FROM st.target_band_id
+            AND w.snapshot IS NOT DISTINCT FROM st.matching_tags_snapshot),
+           (SELECT x.text FROM state x)
+      FROM bands b
+      JOIN satisfied s ON s.target_band_id = b.target_band_id
+      LEFT JOIN groups g ON g.target_band_id = b.target_band_id
+      LEFT JOIN pick p ON true
+      LEFT JOIN would w ON true
+      LEFT JOIN stored st ON true
+     ORDER BY b.tier, g.trait_group_id;
+END;
+$$;
+
+--
+-- Name: FUNCTION explain(p_me_file_id bigint, p_target_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.explain(p_me_file_id bigint, p_target_id bigint) IS 'Why a me_file is in a band of a target, or in none: per band and group, satisfied or not and through which tags, the band the rule picks and why, the snapshot it would carry, and whether the stored row agrees.';
 
 --
 -- Name: grant_app_role(name); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -999,13 +2128,34 @@ BEGIN
                   HINT = 'Create it first, e.g. CREATE ROLE app LOGIN PASSWORD ''...''.';
     END IF;
 
-    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
-        RAISE EXCEPTION 'role "%" is a superuser: no privilege restricts it; use a role without SUPERUSER', p_role
+    -- roles no privilege can restrict, or that could undo pgsnap's guarantees: a superuser;
+    -- CREATEROLE (it can grant itself membership in the tables' owner); BYPASSRLS; the
+    -- database's owner, who owns schema public on PostgreSQL 15 and can rename it, plant
+    -- look-alike tables and drop the application's; or a member of any of those owners
+    SELECT CASE WHEN r.rolsuper THEN 'is a superuser: no privilege restricts it; use a role without SUPERUSER'
+                WHEN r.rolcreaterole
+                THEN 'has CREATEROLE: it could make itself a member of the tables'' owner; use a role without CREATEROLE'
+                WHEN r.rolbypassrls THEN 'has BYPASSRLS; use a role without BYPASSRLS'
+                WHEN pg_catalog.pg_has_role(p_role, d.datdba, 'MEMBER')
+                THEN format('owns the database (it is or belongs to %s): the application role must own nothing',
+                            d.datdba::regrole)
+                WHEN pg_catalog.pg_has_role(p_role, n.nspowner, 'MEMBER') AND n.nspowner <> 'pg_database_owner'::regrole
+                THEN format('owns schema public (it is or belongs to %s): the application role must own nothing',
+                            n.nspowner::regrole)
+           END
+      INTO v_extra
+      FROM pg_catalog.pg_roles r, pg_catalog.pg_database d, pg_catalog.pg_namespace n
+     WHERE r.rolname = p_role AND d.datname = pg_catalog.current_database() AND n.nspname = 'public';
+    IF v_extra IS NOT NULL THEN
+        RAISE EXCEPTION 'role "%" %', p_role, v_extra
             USING ERRCODE = 'invalid_grant_operation';
     END IF;
+    v_extra := NULL;
 
     SELECT array_agg(DISTINCT o.owner) INTO v_owners
       FROM (SELECT c.relowner AS owner FROM pg_catalog.pg_class c WHERE c.oid = ANY (v_read || v_write)
+            UNION
+            SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.relnamespace = 'pgsnap'::regnamespace
             UNION
             SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'pgsnap') o;
     FOREACH v_owner IN ARRAY v_owners LOOP
@@ -1056,14 +2206,18 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.build_snapshot(bigint, bigint), pgsnap.band_for(bigint, bigint),'
                    ' pgsnap.sync_me_file(bigint), pgsnap.launch_campaign(bigint), pgsnap.snapshot_health()'
                    ' TO %I', p_role);
-    -- ... and the read-only helpers those invoker functions call in turn (the one membership rule,
-    -- the one snapshot builder, the lock key): they read nothing the role cannot read anyway.
+    -- ... and the read-only helpers those invoker functions and the offer and ad_event triggers
+    -- call in turn (the one membership rule, the one snapshot builder, where an inherited
+    -- snapshot comes from, the snapshot shape, the launch gate, the lock key).
     -- Not granted: populate_target and the backfill (procedures that COMMIT per batch cannot be
     -- SECURITY DEFINER, and as invoker they would need writes on target_populations: they are
     -- operator jobs run by the owner through the CLI, pg_cron or pgsnap's scheduler), nor the
     -- checks, the run log, the settings, the sync queue or any _internal routine.
-    EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.memberships(bigint[], bigint[]),'
-                   ' pgsnap.snapshots(bigint[], bigint[]), pgsnap.lock_key(text) TO %I', p_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgsnap.memberships(bigint[]), pgsnap.snapshots(bigint[], bigint[]),'
+                   ' pgsnap.inherited_snapshot(bigint, bigint, bigint, boolean), pgsnap.snapshot_shape_ok(jsonb),'
+                   ' pgsnap._launch_blocker(bigint), pgsnap.lock_key(text) TO %I', p_role);
+    -- the compiled catalogue those functions read (the catalogue, compiled: nothing secret)
+    EXECUTE format('GRANT SELECT ON TABLE pgsnap.band_traits TO %I', p_role);
 
     -- What the role still holds beyond the model comes from PUBLIC or from a role it belongs to,
     -- which this function does not touch: refuse rather than leave a weaker role than documented.
@@ -1086,7 +2240,7 @@ $$;
 -- Name: FUNCTION grant_app_role(p_role name); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap.grant_app_role(p_role name) IS 'Give the application role exactly what the application uses (read the catalogue and populations; write me_files, me_file_tags, offers, ad_events; launched_at; execute build_snapshot, band_for, sync_me_file, launch_campaign, snapshot_health), after revoking whatever else it held on them. Run by the owner or a superuser; idempotent.';
+COMMENT ON FUNCTION pgsnap.grant_app_role(p_role name) IS 'Give the application role exactly what the application uses (read the catalogue and populations; write me_files, me_file_tags, offers, ad_events; launched_at; execute build_snapshot, band_for, sync_me_file, launch_campaign, snapshot_health), after revoking whatever else it held on them. Refuses a role that could undo pgsnap''s guarantees (superuser, CREATEROLE, BYPASSRLS, owner of the database, schema public or any table). Run by the owner or a superuser; idempotent.';
 
 --
 -- Name: launch_campaign(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -1097,9 +2251,9 @@ CREATE FUNCTION pgsnap.launch_campaign(p_campaign_id bigint) RETURNS bigint
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_target bigint;
-    v_status text;
-    v_count  bigint;
+    v_target  bigint;
+    v_blocker text;
+    v_count   bigint;
 BEGIN
     SELECT c.target_id INTO v_target
       FROM public.campaigns c WHERE c.id = p_campaign_id FOR NO KEY UPDATE;
@@ -1109,16 +2263,18 @@ BEGIN
     END IF;
     -- the gate that closes the original race: no offers from a half-built population
     PERFORM pg_advisory_xact_lock_shared(pgsnap.lock_key('target:' || v_target));
-    SELECT t.population_status INTO v_status FROM public.targets t WHERE t.id = v_target;
-    IF v_status <> 'populated' THEN
-        RAISE EXCEPTION 'campaign %: target % is %, not populated', p_campaign_id, v_target, v_status
+    v_blocker := pgsnap._launch_blocker(v_target);
+    IF v_blocker IS NOT NULL THEN
+        RAISE EXCEPTION 'campaign %: target % %', p_campaign_id, v_target, v_blocker
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = format('Run: pgsnap populate %s', v_target);
     END IF;
 
     INSERT INTO public.offers (campaign_id, me_file_id, target_band_id, offer_amt, matching_tags_snapshot)
-    -- the snapshot is copied; a legacy NULL one is filled by offers_inherit_snapshot
-    SELECT p_campaign_id, tp.me_file_id, tp.target_band_id, b.offer_amt, tp.matching_tags_snapshot
+    -- the snapshot is copied; a legacy one (NULL, or not in snapshot shape) is filled by
+    -- offers_inherit_snapshot
+    SELECT p_campaign_id, tp.me_file_id, tp.target_band_id, b.offer_amt,
+           CASE WHEN pgsnap.snapshot_shape_ok(tp.matching_tags_snapshot) THEN tp.matching_tags_snapshot END
       FROM public.target_populations tp
       JOIN public.bids b ON b.target_band_id = tp.target_band_id AND b.campaign_id = p_campaign_id
      WHERE tp.target_id = v_target
@@ -1135,7 +2291,7 @@ $$;
 -- Name: FUNCTION launch_campaign(p_campaign_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap.launch_campaign(p_campaign_id bigint) IS 'One pending offer per population of the campaign''s target whose band has a bid (snapshot copied); refuses unless the target is populated; idempotent.';
+COMMENT ON FUNCTION pgsnap.launch_campaign(p_campaign_id bigint) IS 'One pending offer per population of the campaign''s target whose band has a bid (snapshot copied); refuses unless the target is populated and not stale after a membership-changing catalogue edit; idempotent.';
 
 --
 -- Name: lock_key(text); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -1143,68 +2299,15 @@ COMMENT ON FUNCTION pgsnap.launch_campaign(p_campaign_id bigint) IS 'One pending
 
 CREATE FUNCTION pgsnap.lock_key(p_name text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$ SELECT pg_catalog.hashtextextended('pgsnap:' || p_name, 0) $$;
+    BEGIN ATOMIC
+ SELECT hashtextextended(('pgsnap:'::text || p_name), (0)::bigint) AS hashtextextended;
+END;
 
 --
 -- Name: FUNCTION lock_key(p_name text); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap.lock_key(p_name text) IS 'Advisory lock key of a named pgsnap lock (backfill, populate:<id>, target:<id>).';
-
---
--- Name: memberships(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
---
-
-CREATE FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[] DEFAULT NULL::bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint)
-    LANGUAGE plpgsql STABLE ROWS 50 PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-BEGIN
-    -- PL/pgSQL, not SQL: its plan is cached per session instead of re-planned per call
-    RETURN QUERY
-
-    WITH band_groups AS (
-        SELECT b.target_id, b.id AS band_id, b.is_bullseye, bg.trait_group_id,
-               count(*) OVER (PARTITION BY b.id) AS n_groups
-          FROM public.target_bands b
-          JOIN public.target_band_trait_groups bg ON bg.target_band_id = b.id
-         WHERE b.target_id = ANY (p_target_ids)
-    ),
-    -- Two shapes, one rule: a generic plan keeps both and skips the idle one
-    -- at run time (a given me_file list is walked from its tags; no list means
-    -- the whole target, walked from the groups' traits).
-    group_members AS (
-        SELECT gt.trait_group_id, t.me_file_id
-          FROM unnest(p_me_file_ids) AS f(id)
-          JOIN public.me_file_tags t ON t.me_file_id = f.id
-          JOIN public.trait_group_traits gt ON gt.trait_id = t.trait_id
-         WHERE gt.trait_group_id IN (SELECT bg.trait_group_id FROM band_groups bg)
-        UNION
-        SELECT gt.trait_group_id, t.me_file_id
-          FROM public.trait_group_traits gt
-          JOIN public.me_file_tags t ON t.trait_id = gt.trait_id
-         WHERE p_me_file_ids IS NULL
-           AND gt.trait_group_id IN (SELECT bg.trait_group_id FROM band_groups bg)
-    ),
-    satisfied AS (
-        SELECT bg.target_id, bg.band_id, bg.is_bullseye, bg.n_groups, gm.me_file_id
-          FROM band_groups bg
-          JOIN group_members gm ON gm.trait_group_id = bg.trait_group_id
-         GROUP BY bg.target_id, bg.band_id, bg.is_bullseye, bg.n_groups, gm.me_file_id
-        HAVING count(*) = bg.n_groups
-    )
-    SELECT DISTINCT ON (s.target_id, s.me_file_id) s.target_id, s.band_id, s.me_file_id
-      FROM satisfied s
-     ORDER BY s.target_id, s.me_file_id, s.n_groups DESC, s.is_bullseye DESC, s.band_id;
-END;
-$$;
-
---
--- Name: FUNCTION memberships(p_target_ids bigint[], p_me_file_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
---
-
-COMMENT ON FUNCTION pgsnap.memberships(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'The one membership rule: (target, band, me_file) for the given targets, restricted to the given me_files (NULL: all).';
+COMMENT ON FUNCTION pgsnap.lock_key(p_name text) IS 'Advisory lock key of a named pgsnap lock (backfill, target:<id>, compile:<id>).';
 
 --
 -- Name: metrics(); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -1275,59 +2378,106 @@ COMMENT ON FUNCTION pgsnap.metrics() IS 'Monitoring samples (metric, help, label
 -- Name: populate_target(bigint, integer); Type: PROCEDURE; Schema: pgsnap; Owner: -
 --
 
-CREATE PROCEDURE pgsnap.populate_target(IN p_target_id bigint, IN p_batch_size integer DEFAULT 500)
+CREATE PROCEDURE pgsnap.populate_target(IN p_target_id bigint, IN p_batch_size integer DEFAULT 10000)
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    -- true for a top-level CALL sent as a simple query in autocommit: only then
-    -- may we COMMIT per batch (with bound parameters the transaction starts
-    -- before the CALL, which looks the same as a caller's open transaction)
-    v_own_xact boolean := pg_catalog.now() OPERATOR(pg_catalog.=) pg_catalog.statement_timestamp();
-    v_caller_path text := pg_catalog.current_setting('search_path');
-    v_key      bigint := pgsnap.lock_key('populate:' OPERATOR(pg_catalog.||) p_target_id);
-    v_batch    bigint[];
+    v_run      record;
+    v_t0       timestamptz;
+    v_waited   boolean := false;
+    v_total    bigint;
+    v_lo       bigint;
+    v_hi       bigint;
+    v_next     bigint;
+    v_batch    record;
+    v_left     bigint[];
+    v_held     bigint[];     -- me_files still held by others after the retries
+    v_retry    integer;
     v_batches  integer := 0;
-    v_counts   record;
     v_ins      bigint := 0;
     v_mov      bigint := 0;
     v_ref      bigint := 0;
     v_del      bigint := 0;
+    v_built    bigint := 0;
     v_rows     bigint;
+    v_summary  jsonb;
 BEGIN
+    COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF pgsnap._populate_begin(p_target_id, p_batch_size) = 'not_populated' THEN
-        RAISE NOTICE 'pgsnap: target % has no bands; status not_populated', p_target_id;
-        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+    v_t0 := pg_catalog.clock_timestamp();
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        v_run := pgsnap._populate_start(p_target_id);
+        EXIT WHEN v_run.busy_pid IS NULL;
+        IF NOT v_waited THEN
+            RAISE NOTICE 'pgsnap: target % is being populated by pid %; waiting for it', p_target_id, v_run.busy_pid;
+            v_waited := true;
+        END IF;
+        COMMIT;
+        PERFORM pg_catalog.pg_sleep(0.2);
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END LOOP;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+    IF v_run.status = 'not_populated' THEN
+        v_summary := pgsnap._populate_summary(p_target_id, 'not_populated', NULL, 0, 0, 0, 0, 0, 0,
+                                              extract(epoch FROM clock_timestamp() - v_t0), 0);
+        PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
         RETURN;
     END IF;
-    IF v_own_xact THEN
+
+    SELECT count(*), min(f.id) INTO v_total, v_lo FROM public.me_files f;
+    v_total := (v_total + p_batch_size - 1) / p_batch_size;
+    WHILE v_lo IS NOT NULL LOOP
+        -- p_batch_size consecutive me_files; the last batch is open-ended (registrations)
+        SELECT f.id INTO v_hi FROM public.me_files f WHERE f.id >= v_lo ORDER BY f.id OFFSET p_batch_size - 1 LIMIT 1;
+        SELECT min(f.id) INTO v_next FROM public.me_files f WHERE f.id > v_hi;
+        IF v_next IS NULL THEN
+            v_hi := 9223372036854775807;
+        END IF;
+        v_batch := pgsnap._populate_batch(p_target_id, v_lo, v_hi, v_run.rebuild,
+                                          v_run.source_target_id, v_run.source_bands, v_run.bands);
         COMMIT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    END IF;
-    FOR v_batch IN SELECT b FROM pgsnap._populate_batches(p_target_id, p_batch_size) AS b LOOP
-        BEGIN
-            v_counts := pgsnap._reconcile(ARRAY[p_target_id], v_batch, false);
-        EXCEPTION WHEN OTHERS OR query_canceled THEN
-            -- the run lock is session-level: a pooled session must not keep it
-            PERFORM pg_advisory_unlock(v_key);
-            RAISE;
-        END;
-        v_ins := v_ins + v_counts.inserted;
-        v_mov := v_mov + v_counts.moved;
-        v_ref := v_ref + v_counts.refreshed;
-        v_del := v_del + v_counts.deleted;
-        v_batches := v_batches + 1;
-        IF v_own_xact THEN
+        v_left := v_batch.skipped;
+        v_retry := 0;
+        WHILE v_left IS NOT NULL AND v_retry < 3 LOOP   -- me_files an application transaction held
+            v_retry := v_retry + 1;
+            PERFORM pgsnap._populate_wait_for(v_left);
+            v_ins := v_ins + v_batch.inserted; v_mov := v_mov + v_batch.moved;
+            v_ref := v_ref + v_batch.refreshed; v_del := v_del + v_batch.deleted;
+            v_built := v_built + v_batch.built;
+            v_batch := pgsnap._populate_batch(p_target_id, (SELECT min(x) FROM unnest(v_left) x),
+                                              (SELECT max(x) FROM unnest(v_left) x), v_run.rebuild,
+                                              v_run.source_target_id, v_run.source_bands, v_run.bands);
             COMMIT;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        END IF;
+            v_left := v_batch.skipped;
+        END LOOP;
+        v_held := v_held || v_left;
+        v_ins := v_ins + v_batch.inserted; v_mov := v_mov + v_batch.moved;
+        v_ref := v_ref + v_batch.refreshed; v_del := v_del + v_batch.deleted;
+        v_built := v_built + v_batch.built;
+        v_batches := v_batches + 1;
+        PERFORM pgsnap._notice(
+            format('pgsnap: target %s batch %s/%s', p_target_id, v_batches, greatest(v_total, v_batches)),
+            jsonb_build_object('event', 'batch', 'job', 'populate', 'target_id', p_target_id,
+                               'batch', v_batches, 'batches', greatest(v_total, v_batches),
+                               'inserted', v_ins, 'moved', v_mov, 'refreshed', v_ref, 'deleted', v_del));
+        v_lo := v_next;
     END LOOP;
-    v_rows := pgsnap._populate_finish(p_target_id);
-    RAISE NOTICE 'pgsnap: target % populated: % batches, % inserted, % moved, % refreshed, % deleted, % unchanged',
-        p_target_id, v_batches, v_ins, v_mov, v_ref, v_del, v_rows - v_ins - v_mov - v_ref;
-    IF NOT v_own_xact THEN
-        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
-    END IF;
+
+    v_rows := pgsnap._populate_finish(p_target_id, v_run.claimed_at, v_run.stale_token, v_run.catalogue_hash,
+                                      v_ins + v_mov + v_ref + v_del, v_held);
+    v_summary := pgsnap._populate_summary(p_target_id, 'populated', v_run.source_target_id, v_batches,
+                                          v_ins, v_mov, v_ref, v_del, v_rows,
+                                          extract(epoch FROM clock_timestamp() - v_t0), v_built);
+    PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
+    COMMIT;
 END;
 $$;
 
@@ -1335,7 +2485,63 @@ $$;
 -- Name: PROCEDURE populate_target(IN p_target_id bigint, IN p_batch_size integer); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON PROCEDURE pgsnap.populate_target(IN p_target_id bigint, IN p_batch_size integer) IS 'Bring a target''s population to the membership rule, snapshots built in the same statements; commits per batch under autocommit.';
+COMMENT ON PROCEDURE pgsnap.populate_target(IN p_target_id bigint, IN p_batch_size integer) IS 'Bring a target''s rows to the membership rule, snapshots built in the same statements; commits per batch of p_batch_size me_files. Fails at once inside a transaction block: use populate_target_in_transaction.';
+
+--
+-- Name: populate_target_in_transaction(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap.populate_target_in_transaction(p_target_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_run     record;
+    v_t0      timestamptz := clock_timestamp();
+    v_batch   record;
+    v_pending bigint[];
+    v_rows    bigint;
+    v_summary jsonb;
+BEGIN
+    LOOP
+        v_run := pgsnap._populate_start(p_target_id);
+        EXIT WHEN v_run.busy_pid IS NULL;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+    IF v_run.status = 'not_populated' THEN
+        v_summary := pgsnap._populate_summary(p_target_id, 'not_populated', NULL, 0, 0, 0, 0, 0, 0,
+                                              extract(epoch FROM clock_timestamp() - v_t0), 0);
+        PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
+        RETURN v_summary;
+    END IF;
+    -- new rows' me_files, locked (waiting) before any slot is held: an application transaction
+    -- holding one commits first, and its own sync never waits for this transaction
+    SELECT array_agg(m.me_file_id) INTO v_pending
+      FROM pgsnap.memberships(ARRAY[p_target_id]) m
+     WHERE NOT EXISTS (SELECT 1 FROM public.target_populations tp
+                        WHERE tp.target_id = p_target_id AND tp.me_file_id = m.me_file_id);
+    PERFORM pgsnap._populate_wait_for(v_pending);
+    v_batch := pgsnap._populate_batch(p_target_id, -9223372036854775808, 9223372036854775807, v_run.rebuild,
+                                      v_run.source_target_id, v_run.source_bands, v_run.bands);
+    IF v_batch.skipped IS NOT NULL THEN
+        RAISE EXCEPTION 'target %: me_file % is locked by another transaction', p_target_id, v_batch.skipped[1]
+            USING ERRCODE = 'lock_not_available', HINT = 'Retry the transaction.';
+    END IF;
+    v_rows := pgsnap._populate_finish(p_target_id, v_run.claimed_at, v_run.stale_token, v_run.catalogue_hash,
+                                      v_batch.inserted + v_batch.moved + v_batch.refreshed + v_batch.deleted, NULL);
+    v_summary := pgsnap._populate_summary(p_target_id, 'populated', v_run.source_target_id, 1,
+                                          v_batch.inserted, v_batch.moved, v_batch.refreshed, v_batch.deleted,
+                                          v_rows, extract(epoch FROM clock_timestamp() - v_t0), v_batch.built);
+    PERFORM pgsnap._notice(pgsnap._populate_summary_text(v_summary), v_summary);
+    RETURN v_summary;
+END;
+$$;
+
+--
+-- Name: FUNCTION populate_target_in_transaction(p_target_id bigint); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap.populate_target_in_transaction(p_target_id bigint) IS 'populate_target inside the caller''s transaction (cannot commit; application writes wait for its commit); returns the run''s summary as jsonb.';
 
 --
 -- Name: populating_targets(); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -1343,16 +2549,19 @@ COMMENT ON PROCEDURE pgsnap.populate_target(IN p_target_id bigint, IN p_batch_si
 
 CREATE FUNCTION pgsnap.populating_targets() RETURNS TABLE(target_id bigint, since timestamp with time zone, last_populated_at timestamp with time zone, populated_by integer)
     LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT t.id,
-           t.populating_since,
-           t.last_populated_at,
-           pgsnap._lock_holder(pgsnap.lock_key('populate:' || t.id))
-      FROM public.targets t
-     WHERE t.population_status = 'populating'
-     ORDER BY t.id
-$$;
+    BEGIN ATOMIC
+ SELECT t.id,
+     t.populating_since,
+     t.last_populated_at,
+         CASE
+             WHEN pgsnap._claim_alive(s.run_pid, s.run_backend_start, s.run_started_at) THEN s.run_pid
+             ELSE NULL::integer
+         END AS "case"
+    FROM (public.targets t
+      LEFT JOIN pgsnap.target_state s ON ((s.target_id = t.id)))
+   WHERE (t.population_status = 'populating'::text)
+   ORDER BY t.id;
+END;
 
 --
 -- Name: FUNCTION populating_targets(); Type: COMMENT; Schema: pgsnap; Owner: -
@@ -1361,22 +2570,58 @@ $$;
 COMMENT ON FUNCTION pgsnap.populating_targets() IS 'Targets in populating: since (recorded start, NULL if unknown), last_populated_at, and the pid populating it now (NULL: nobody).';
 
 --
+-- Name: repopulate_stale_targets(integer); Type: PROCEDURE; Schema: pgsnap; Owner: -
+--
+
+CREATE PROCEDURE pgsnap.repopulate_stale_targets(IN p_max_targets integer DEFAULT 10)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_targets bigint[];
+    v_target  bigint;
+BEGIN
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF p_max_targets IS NULL OR p_max_targets < 1 THEN
+        RAISE EXCEPTION 'max targets must be a positive integer, got %', coalesce(p_max_targets::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_targets := ARRAY(SELECT s.target_id FROM pgsnap.stale_targets() s LIMIT p_max_targets);
+    COMMIT;
+    FOREACH v_target IN ARRAY v_targets LOOP
+        CALL pgsnap.populate_target(v_target);
+    END LOOP;
+END;
+$$;
+
+--
+-- Name: PROCEDURE repopulate_stale_targets(IN p_max_targets integer); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON PROCEDURE pgsnap.repopulate_stale_targets(IN p_max_targets integer) IS 'The scheduled job for catalogue edits: re-populate up to p_max_targets stale targets, oldest first.';
+
+--
 -- Name: snapshot_health(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
 CREATE FUNCTION pgsnap.snapshot_health() RETURNS TABLE(table_name text, null_snapshots bigint, total_rows bigint)
     LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT 'target_populations', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*)
-      FROM public.target_populations
-    UNION ALL
-    SELECT 'offers', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*)
-      FROM public.offers
-    UNION ALL
-    SELECT 'ad_events', count(*) FILTER (WHERE matching_tags_snapshot IS NULL), count(*)
-      FROM public.ad_events
-$$;
+    BEGIN ATOMIC
+ SELECT 'target_populations'::text,
+     count(*) FILTER (WHERE (tp.matching_tags_snapshot IS NULL)) AS count,
+     count(*) AS count
+    FROM public.target_populations tp
+ UNION ALL
+  SELECT 'offers'::text,
+     count(*) FILTER (WHERE (o.matching_tags_snapshot IS NULL)) AS count,
+     count(*) AS count
+    FROM public.offers o
+ UNION ALL
+  SELECT 'ad_events'::text,
+     count(*) FILTER (WHERE (a.matching_tags_snapshot IS NULL)) AS count,
+     count(*) AS count
+    FROM public.ad_events a;
+END;
 
 --
 -- Name: FUNCTION snapshot_health(); Type: COMMENT; Schema: pgsnap; Owner: -
@@ -1385,66 +2630,27 @@ $$;
 COMMENT ON FUNCTION pgsnap.snapshot_health() IS 'NULL snapshots and total rows per table (the seed''s three health queries).';
 
 --
--- Name: snapshots(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: stale_targets(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RETURNS TABLE(me_file_id bigint, target_band_id bigint, snapshot jsonb)
-    LANGUAGE plpgsql STABLE ROWS 50 PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-BEGIN
-    -- PL/pgSQL, not SQL: its plan is cached per session instead of re-planned per call
-    RETURN QUERY
-
-    WITH pairs AS (
-        SELECT DISTINCT u.me_file_id, u.band_id
-          FROM unnest(p_me_file_ids, p_band_ids) AS u(me_file_id, band_id)
-    ),
-    band_traits AS MATERIALIZED (   -- the band's traits that sit under an existing parent
-        SELECT DISTINCT bg.target_band_id AS band_id, c.id AS trait_id, c.trait_name,
-               c.display_order, c.parent_trait_id
-          FROM public.target_band_trait_groups bg
-          JOIN public.trait_group_traits gt ON gt.trait_group_id = bg.trait_group_id
-          JOIN public.traits c ON c.id = gt.trait_id
-         WHERE bg.target_band_id IN (SELECT p.band_id FROM pairs p)
-           AND c.parent_trait_id IS NOT NULL
-    ),
-    pair_tags AS MATERIALIZED (     -- walk from the me_files' own tags (few), not the band's traits (many)
-        SELECT p.me_file_id, p.band_id, t.trait_id, t.tag_value
-          FROM pairs p
-          JOIN public.me_file_tags t ON t.me_file_id = p.me_file_id
-    ),
-    children AS (           -- one entry per parent: its matching children in order
-        SELECT t.me_file_id, t.band_id, bt.parent_trait_id,
-               jsonb_agg(jsonb_build_array(bt.trait_id,
-                                           coalesce(nullif(t.tag_value, ''), bt.trait_name),
-                                           bt.display_order)
-                         ORDER BY bt.display_order, bt.trait_id) AS entries
-          FROM pair_tags t
-          JOIN band_traits bt ON bt.band_id = t.band_id AND bt.trait_id = t.trait_id
-         GROUP BY t.me_file_id, t.band_id, bt.parent_trait_id
-    ),
-    parents AS (
-        SELECT c.me_file_id, c.band_id, pt.id, pt.trait_name, pt.display_order, c.entries
-          FROM children c
-          JOIN public.traits pt ON pt.id = c.parent_trait_id
-    )
-    SELECT p.me_file_id, p.band_id,
-           jsonb_build_object('tags', coalesce(
-               jsonb_agg(jsonb_build_array(pa.id, pa.trait_name, pa.display_order, pa.entries)
-                         ORDER BY pa.display_order, pa.id) FILTER (WHERE pa.id IS NOT NULL),
-               '[]'::jsonb))
-      FROM pairs p
-      LEFT JOIN parents pa ON pa.me_file_id = p.me_file_id AND pa.band_id = p.band_id
-     GROUP BY p.me_file_id, p.band_id;
+CREATE FUNCTION pgsnap.stale_targets() RETURNS TABLE(target_id bigint, stale_since timestamp with time zone, kind text, reason text)
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT s.target_id,
+     s.stale_since,
+     s.stale_kind,
+     s.stale_reason
+    FROM (pgsnap.target_state s
+      JOIN public.targets t ON ((t.id = s.target_id)))
+   WHERE ((s.stale_since IS NOT NULL) AND (t.population_status = ANY (ARRAY['populating'::text, 'populated'::text])))
+   ORDER BY s.stale_since, s.target_id;
 END;
-$$;
 
 --
--- Name: FUNCTION snapshots(p_me_file_ids bigint[], p_band_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+-- Name: FUNCTION stale_targets(); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) IS 'Snapshots of the (me_file, band) pairs zipped from the two arrays; the one builder.';
+COMMENT ON FUNCTION pgsnap.stale_targets() IS 'Targets a catalogue edit left to re-populate: since when, membership or snapshot, why.';
 
 --
 -- Name: sync_me_file(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -1459,7 +2665,7 @@ BEGIN
         RAISE EXCEPTION 'me_file % does not exist', coalesce(p_me_file_id::text, 'NULL')
             USING ERRCODE = 'no_data_found';
     END IF;
-    RETURN pgsnap._sync(ARRAY[p_me_file_id], NULL);
+    RETURN pgsnap._sync(ARRAY[p_me_file_id], NULL, true);
 END;
 $$;
 
@@ -1488,7 +2694,6 @@ BEGIN
             USING ERRCODE = 'no_data_found';
     END IF;
     IF v_status <> 'not_populated' THEN
-        -- one pass: both arrays in the same order, as pgsnap.snapshots zips them
         SELECT array_agg(m.me_file_id), array_agg(m.target_band_id)
           INTO v_files, v_bands
           FROM pgsnap.memberships(ARRAY[p_target_id]) m;
@@ -1542,25 +2747,6 @@ $$;
 COMMENT ON FUNCTION pgsnap.verify_target(p_target_id bigint) IS 'Recompute a target from scratch (memberships + snapshots) and list every difference: missing, extra, wrong_band, stale_snapshot, null_snapshot, duplicate. A not_populated target must have no rows.';
 
 --
--- Name: backfill_runs; Type: TABLE; Schema: pgsnap; Owner: -
---
-
-CREATE TABLE pgsnap.backfill_runs (
-    id bigint NOT NULL,
-    pid integer DEFAULT pg_backend_pid() NOT NULL,
-    started_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
-    finished_at timestamp with time zone,
-    status text DEFAULT 'running'::text NOT NULL,
-    batches integer DEFAULT 0 NOT NULL,
-    target_populations bigint DEFAULT 0 NOT NULL,
-    offers bigint DEFAULT 0 NOT NULL,
-    ad_events bigint DEFAULT 0 NOT NULL,
-    error text,
-    stop_requested boolean DEFAULT false NOT NULL,
-    CONSTRAINT backfill_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'stopped'::text])))
-);
-
---
 -- Name: backfill_runs_id_seq; Type: SEQUENCE; Schema: pgsnap; Owner: -
 --
 
@@ -1572,6 +2758,37 @@ ALTER TABLE pgsnap.backfill_runs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
     NO MAXVALUE
     CACHE 1
 );
+
+--
+-- Name: catalogue_band_traits; Type: VIEW; Schema: pgsnap; Owner: -
+--
+
+CREATE VIEW pgsnap.catalogue_band_traits AS
+ WITH ranked AS (
+         SELECT bg.target_band_id,
+            bg.trait_group_id,
+            ((row_number() OVER (PARTITION BY bg.target_band_id ORDER BY bg.trait_group_id) - 1))::integer AS k
+           FROM public.target_band_trait_groups bg
+        )
+ SELECT gt.trait_id,
+    b.target_band_id,
+    b.target_id,
+    b.tier,
+    bit_or(((((repeat('0'::text, r.k) || '1'::text) || repeat('0'::text, ((b.n_groups - r.k) - 1))))::bit varying)::"bit") AS bits,
+    (repeat('1'::text, b.n_groups))::bit varying AS full_mask,
+    bool_or((t.parent_trait_id IS NOT NULL)) AS in_snapshot,
+    min(t.trait_name) AS trait_name
+   FROM (((pgsnap.catalogue_bands b
+     JOIN ranked r ON ((r.target_band_id = b.target_band_id)))
+     JOIN public.trait_group_traits gt ON ((gt.trait_group_id = r.trait_group_id)))
+     JOIN public.traits t ON ((t.id = gt.trait_id)))
+  GROUP BY gt.trait_id, b.target_band_id, b.target_id, b.tier, b.n_groups;
+
+--
+-- Name: VIEW catalogue_band_traits; Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON VIEW pgsnap.catalogue_band_traits IS 'The rule''s view of the live catalogue, one row per band and trait; pgsnap.band_traits is it compiled.';
 
 --
 -- Name: job_run_details; Type: TABLE; Schema: pgsnap; Owner: -
@@ -1682,23 +2899,6 @@ CREATE UNLOGGED TABLE pgsnap.sync_queue (
 );
 
 --
--- Name: ad_events; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.ad_events (
-    id bigint NOT NULL,
-    offer_id bigint,
-    campaign_id bigint,
-    me_file_id bigint,
-    target_band_id bigint,
-    event_type text NOT NULL,
-    amount numeric(10,2) DEFAULT 0 NOT NULL,
-    matching_tags_snapshot jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT ad_events_snapshot_shape CHECK (((matching_tags_snapshot IS NULL) OR ((jsonb_typeof(matching_tags_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((matching_tags_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)))))
-);
-
---
 -- Name: ad_events_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1761,19 +2961,6 @@ ALTER TABLE public.campaigns ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTIT
 );
 
 --
--- Name: me_file_tags; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.me_file_tags (
-    id bigint NOT NULL,
-    me_file_id bigint NOT NULL,
-    trait_id bigint NOT NULL,
-    tag_value text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
-);
-
---
 -- Name: me_file_tags_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1784,16 +2971,6 @@ ALTER TABLE public.me_file_tags ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDEN
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
-);
-
---
--- Name: me_files; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.me_files (
-    id bigint NOT NULL,
-    display_name text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 --
@@ -1810,23 +2987,6 @@ ALTER TABLE public.me_files ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY
 );
 
 --
--- Name: offers; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.offers (
-    id bigint NOT NULL,
-    campaign_id bigint NOT NULL,
-    me_file_id bigint NOT NULL,
-    target_band_id bigint NOT NULL,
-    offer_amt numeric(10,2) NOT NULL,
-    is_current boolean DEFAULT false NOT NULL,
-    matching_tags_snapshot jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT offers_snapshot_shape CHECK (((matching_tags_snapshot IS NULL) OR ((jsonb_typeof(matching_tags_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((matching_tags_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)))))
-);
-
---
 -- Name: offers_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1837,26 +2997,6 @@ ALTER TABLE public.offers ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
-);
-
---
--- Name: target_band_trait_groups; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.target_band_trait_groups (
-    target_band_id bigint NOT NULL,
-    trait_group_id bigint NOT NULL
-);
-
---
--- Name: target_bands; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.target_bands (
-    id bigint NOT NULL,
-    target_id bigint NOT NULL,
-    title text,
-    is_bullseye boolean DEFAULT false NOT NULL
 );
 
 --
@@ -1873,21 +3013,6 @@ ALTER TABLE public.target_bands ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDEN
 );
 
 --
--- Name: target_populations; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.target_populations (
-    id bigint NOT NULL,
-    target_band_id bigint NOT NULL,
-    me_file_id bigint NOT NULL,
-    matching_tags_snapshot jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    target_id bigint NOT NULL,
-    CONSTRAINT target_populations_snapshot_shape CHECK (((matching_tags_snapshot IS NULL) OR ((jsonb_typeof(matching_tags_snapshot) = 'object'::text) AND (NOT (jsonb_typeof((matching_tags_snapshot -> 'tags'::text)) IS DISTINCT FROM 'array'::text)))))
-);
-
---
 -- Name: target_populations_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1901,19 +3026,6 @@ ALTER TABLE public.target_populations ALTER COLUMN id ADD GENERATED BY DEFAULT A
 );
 
 --
--- Name: targets; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.targets (
-    id bigint NOT NULL,
-    title text NOT NULL,
-    population_status text DEFAULT 'not_populated'::text NOT NULL,
-    last_populated_at timestamp with time zone,
-    populating_since timestamp with time zone,
-    CONSTRAINT targets_population_status_check CHECK ((population_status = ANY (ARRAY['not_populated'::text, 'populating'::text, 'populated'::text])))
-);
-
---
 -- Name: targets_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1924,15 +3036,6 @@ ALTER TABLE public.targets ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY 
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
-);
-
---
--- Name: trait_group_traits; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.trait_group_traits (
-    trait_group_id bigint NOT NULL,
-    trait_id bigint NOT NULL
 );
 
 --
@@ -1959,18 +3062,6 @@ ALTER TABLE public.trait_groups ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDEN
 );
 
 --
--- Name: traits; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.traits (
-    id bigint NOT NULL,
-    trait_name text NOT NULL,
-    parent_trait_id bigint,
-    display_order integer DEFAULT 0 NOT NULL,
-    is_active boolean DEFAULT true NOT NULL
-);
-
---
 -- Name: traits_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1989,6 +3080,13 @@ ALTER TABLE public.traits ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
 
 ALTER TABLE ONLY pgsnap.backfill_runs
     ADD CONSTRAINT backfill_runs_pkey PRIMARY KEY (id);
+
+--
+-- Name: band_traits band_traits_pkey; Type: CONSTRAINT; Schema: pgsnap; Owner: -
+--
+
+ALTER TABLE ONLY pgsnap.band_traits
+    ADD CONSTRAINT band_traits_pkey PRIMARY KEY (trait_id, target_band_id);
 
 --
 -- Name: job_run_details job_run_details_pkey; Type: CONSTRAINT; Schema: pgsnap; Owner: -
@@ -2038,6 +3136,13 @@ ALTER TABLE ONLY pgsnap.sync_pending
 
 ALTER TABLE ONLY pgsnap.sync_queue
     ADD CONSTRAINT sync_queue_key UNIQUE NULLS NOT DISTINCT (xact, me_file_id, trait_id);
+
+--
+-- Name: target_state target_state_pkey; Type: CONSTRAINT; Schema: pgsnap; Owner: -
+--
+
+ALTER TABLE ONLY pgsnap.target_state
+    ADD CONSTRAINT target_state_pkey PRIMARY KEY (target_id);
 
 --
 -- Name: ad_events ad_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -2179,6 +3284,12 @@ ALTER TABLE ONLY public.traits
 CREATE INDEX backfill_runs_started_at_idx ON pgsnap.backfill_runs USING btree (started_at);
 
 --
+-- Name: band_traits_target_id_idx; Type: INDEX; Schema: pgsnap; Owner: -
+--
+
+CREATE INDEX band_traits_target_id_idx ON pgsnap.band_traits USING btree (target_id, target_band_id);
+
+--
 -- Name: job_run_details_end_time_idx; Type: INDEX; Schema: pgsnap; Owner: -
 --
 
@@ -2311,16 +3422,46 @@ CREATE TRIGGER me_file_tags_sync_insert AFTER INSERT ON public.me_file_tags REFE
 CREATE TRIGGER me_file_tags_sync_update AFTER UPDATE ON public.me_file_tags REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._sync_enqueue_tags();
 
 --
--- Name: me_files me_files_sync_insert; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER me_files_sync_insert AFTER INSERT ON public.me_files REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._sync_enqueue_me_files();
-
---
 -- Name: offers offers_inherit_snapshot; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER offers_inherit_snapshot BEFORE INSERT ON public.offers FOR EACH ROW WHEN ((new.matching_tags_snapshot IS NULL)) EXECUTE FUNCTION pgsnap._offer_snapshot();
+
+--
+-- Name: target_band_trait_groups target_band_trait_groups_catalogue_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_band_trait_groups_catalogue_delete AFTER DELETE ON public.target_band_trait_groups REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._band_groups_changed();
+
+--
+-- Name: target_band_trait_groups target_band_trait_groups_catalogue_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_band_trait_groups_catalogue_insert AFTER INSERT ON public.target_band_trait_groups REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._band_groups_changed();
+
+--
+-- Name: target_band_trait_groups target_band_trait_groups_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_band_trait_groups_catalogue_update AFTER UPDATE ON public.target_band_trait_groups REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._band_groups_changed();
+
+--
+-- Name: target_bands target_bands_catalogue_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_bands_catalogue_delete AFTER DELETE ON public.target_bands REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._bands_changed();
+
+--
+-- Name: target_bands target_bands_catalogue_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_bands_catalogue_insert AFTER INSERT ON public.target_bands REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._bands_changed();
+
+--
+-- Name: target_bands target_bands_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_bands_catalogue_update AFTER UPDATE ON public.target_bands REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._bands_changed();
 
 --
 -- Name: target_populations target_populations_target_id; Type: TRIGGER; Schema: public; Owner: -
@@ -2333,6 +3474,37 @@ CREATE TRIGGER target_populations_target_id BEFORE INSERT OR UPDATE OF target_ba
 --
 
 CREATE TRIGGER targets_track_populating BEFORE INSERT OR UPDATE OF population_status ON public.targets FOR EACH ROW EXECUTE FUNCTION pgsnap._track_populating();
+
+--
+-- Name: trait_group_traits trait_group_traits_catalogue_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trait_group_traits_catalogue_delete AFTER DELETE ON public.trait_group_traits REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._group_traits_changed();
+
+--
+-- Name: trait_group_traits trait_group_traits_catalogue_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trait_group_traits_catalogue_insert AFTER INSERT ON public.trait_group_traits REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._group_traits_changed();
+
+--
+-- Name: trait_group_traits trait_group_traits_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trait_group_traits_catalogue_update AFTER UPDATE ON public.trait_group_traits REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._group_traits_changed();
+
+--
+-- Name: traits traits_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER traits_catalogue_update AFTER UPDATE ON public.traits REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._traits_changed();
+
+--
+-- Name: target_state target_state_target_id_fkey; Type: FK CONSTRAINT; Schema: pgsnap; Owner: -
+--
+
+ALTER TABLE ONLY pgsnap.target_state
+    ADD CONSTRAINT target_state_target_id_fkey FOREIGN KEY (target_id) REFERENCES public.targets(id) ON DELETE CASCADE;
 
 --
 -- Name: ad_events ad_events_offer_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -156,6 +156,16 @@ def migration_ids() -> list[str]:
     return [m.id for m in deploy.read_migrations()]
 
 
+def journey_order() -> list[str]:
+    """Every migration in the order `pgsnap migrate` applies them to an empty database: the plain
+    ones first, then the enforcement steps."""
+    return [m.id for m in deploy.execution_order(list(deploy.read_migrations()), set())]
+
+
+def enforcement_ids() -> list[str]:
+    return [m.id for m in deploy.read_migrations() if deploy.is_enforcement(m)]
+
+
 # -- the legacy journey's data set -------------------------------------------------------------
 # Worked example of domain.md 5.4 (tests.helpers): T1 = B1 {G10,G20,G30} bullseye, B2 {G10,G20},
 # B3 {G10}; M1 -> B1, M2 -> B2, M3 -> B3, M4 (male) in no band; M5 like M2 with a blank zip value.

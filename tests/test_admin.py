@@ -15,10 +15,14 @@ import pytest
 from pgsnap import deploy, resources
 from scripts.dump_schema import dump_schema
 from tests.helpers import APP_TABLES, db_state, execute, value
-from tests.legacy_data import applied, migration_ids, seed_legacy_journey
+from tests.legacy_data import applied, enforcement_ids, journey_order, seed_legacy_journey
 
-IDS = migration_ids()
-BASELINE = IDS[0]
+JOURNEY = journey_order()  # what one `pgsnap migrate` applies to an empty database, in order
+BASELINE = JOURNEY[0]
+ENFORCING = [m for m in JOURNEY if m in enforcement_ids()]
+PLAIN = [m for m in JOURNEY[1:] if m not in ENFORCING]
+SUE = "SHARE UPDATE EXCLUSIVE"
+SRE = "SHARE ROW EXCLUSIVE"
 AE = "ACCESS EXCLUSIVE"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,11 +47,19 @@ def step(*migrations: tuple[str, list[tuple[str, str]]], enforcement: bool = Fal
                            for mid, locks in migrations], "sql": sql}
 
 
-ENFORCEMENT_STEPS = [
-    step((IDS[4], [("target_populations", AE)]), enforcement=True),
-    step((IDS[5], [("offers", AE)]), enforcement=True),
-    step((IDS[6], [("ad_events", AE)]), enforcement=True),
-]
+# the locks each migration takes on tables that exist before it (read from its statements)
+LOCKS = {
+    "0002.pgsnap-schema": [("targets", AE), ("target_bands", AE), ("target_populations", AE)],
+    "0003.scheduler": [],
+    "0004.snapshot-checks": [("target_populations", AE), ("offers", AE), ("ad_events", AE)],
+    "0008.engine-state": [("targets", SRE), ("target_populations", AE), ("target_bands", AE)],
+    "0009.snapshot-shape": [("target_populations", AE), ("offers", AE), ("ad_events", AE)],
+    "0005.enforce-target-populations-snapshot": [("target_populations", AE)],
+    "0006.enforce-offers-snapshot": [("offers", AE)],
+    "0007.enforce-ad-events-snapshot": [("ad_events", AE)],
+    "0010.enforce-snapshot-shape": [("target_populations", SUE), ("offers", SUE), ("ad_events", SUE)],
+}
+ENFORCEMENT_STEPS = [step((mid, LOCKS[mid]), enforcement=True) for mid in ENFORCING]
 
 
 def sql_plan(deployed: bool) -> dict:
@@ -68,11 +80,11 @@ def test_plan_on_an_empty_database(cli, empty_db_dsn, pg_server):
     dbname = psycopg.conninfo.conninfo_to_dict(empty_db_dsn)["dbname"]
     assert plan(cli, empty_db_dsn) == {
         "database": f"{pg_server.host}:{pg_server.port}/{dbname}",
-        "applied": 0, "pending": 7,
+        "applied": 0, "pending": len(JOURNEY),
         # every table is created by the plan itself: nothing existing is locked
-        "steps": [step(*((mid, []) for mid in IDS[:4])),
-                  *(step((mid, []), enforcement=True) for mid in IDS[4:])],
-        "backfill": {"before": IDS[4], "total": 0, "exact": True, "estimate": {"seconds": 0.0},
+        "steps": [step(*((mid, []) for mid in [BASELINE, *PLAIN])),
+                  *(step((mid, []), enforcement=True) for mid in ENFORCING)],
+        "backfill": {"before": ENFORCING[0], "total": 0, "exact": True, "estimate": {"seconds": 0.0},
                      "tables": {t: {"nulls": 0, "sources": None} for t in ("target_populations", "offers",
                                                                             "ad_events")}},
         "sql": sql_plan(deployed=False),
@@ -82,21 +94,19 @@ def test_plan_on_an_empty_database(cli, empty_db_dsn, pg_server):
 def test_plan_on_a_legacy_database(cli, empty_db_dsn):
     legacy(cli, empty_db_dsn)
     found = plan(cli, empty_db_dsn)
-    assert found["steps"] == [
-        step((IDS[1], [("targets", AE), ("target_bands", AE), ("target_populations", AE)]),
-             (IDS[2], []),
-             (IDS[3], [("target_populations", AE), ("offers", AE), ("ad_events", AE)])),
-        *ENFORCEMENT_STEPS]
+    assert list(LOCKS) == JOURNEY[1:]
+    assert found["steps"] == [step(*((mid, LOCKS[mid]) for mid in PLAIN)), *ENFORCEMENT_STEPS]
     assert found["backfill"] == {
-        "before": IDS[4], "total": 17, "exact": False,
+        "before": ENFORCING[0], "total": 17, "exact": False,
         "tables": {"target_populations": {"nulls": 3, "sources": None},
                    "offers": {"nulls": 5, "sources": None}, "ad_events": {"nulls": 9, "sources": None}},
         "estimate": {"unavailable": "pgsnap's functions are not deployed yet: run `pgsnap migrate "
                                     "--no-backfill`, then `pgsnap migrate --plan` again"}}
-    assert (found["applied"], found["pending"], found["sql"]) == (1, 6, sql_plan(deployed=False))
+    assert (found["applied"], found["pending"], found["sql"]) == (
+        1, len(JOURNEY) - 1, sql_plan(deployed=False))
     text = cli("migrate", "--plan", dsn=empty_db_dsn)
     assert text.stdout.splitlines()[:5] == [
-        f"migrate plan for {found['database']}: 1 applied, 6 migrations to apply",
+        f"migrate plan for {found['database']}: 1 applied, {len(JOURNEY) - 1} migrations to apply",
         "step 1 (one transaction, with sql/):",
         f"  0002.pgsnap-schema    {AE} on targets; {AE} on target_bands; {AE} on target_populations",
         "  0003.scheduler        no lock on existing tables",
@@ -110,8 +120,9 @@ def test_plan_mid_journey_counts_by_source_and_times_a_rolled_back_sample(cli, e
     found = plan(cli, empty_db_dsn)
     estimate = found["backfill"].pop("estimate")
     assert found == {
-        "database": found["database"], "applied": 4, "pending": 3, "steps": ENFORCEMENT_STEPS,
-        "backfill": {"before": IDS[4], "total": 19, "exact": True, "tables": {
+        "database": found["database"], "applied": 1 + len(PLAIN), "pending": len(ENFORCING),
+        "steps": ENFORCEMENT_STEPS,
+        "backfill": {"before": ENFORCING[0], "total": 19, "exact": True, "tables": {
             "target_populations": {"nulls": 3, "sources": {"built": 3}},
             "offers": {"nulls": 6, "sources": {"built": 2, "population": 4}},
             "ad_events": {"nulls": 10, "sources": {"built": 2, "offer": 7, "population": 1}}}},
@@ -123,7 +134,7 @@ def test_plan_mid_journey_counts_by_source_and_times_a_rolled_back_sample(cli, e
 def test_plan_on_an_up_to_date_database(cli, db_dsn):
     found = plan(cli, db_dsn)
     assert (found["applied"], found["pending"], found["steps"], found["backfill"], found["sql"]) == (
-        7, 0, [], None, sql_plan(deployed=True))
+        len(JOURNEY), 0, [], None, sql_plan(deployed=True))
     assert cli("migrate", "--plan").stdout.splitlines()[1:] == [
         "nothing to apply: the database is up to date",
         f"sql/: {len(resources.sql_files())} files, unchanged (checksum {found['sql']['checksum'][:12]})"]
@@ -136,7 +147,7 @@ def test_plan_says_when_sql_would_change(cli, conn):
 
 
 # -- rollback --------------------------------------------------------------------------------------
-PLAN_LATEST = f"rollback plan: undo 1 migration, latest first\n  {IDS[-1]}\n"
+PLAN_LATEST = f"rollback plan: undo 1 migration, latest first\n  {JOURNEY[-1]}\n"
 
 
 def test_rollback_without_a_terminal_needs_yes(cli, empty_db_dsn):
@@ -148,8 +159,9 @@ def test_rollback_without_a_terminal_needs_yes(cli, empty_db_dsn):
                         "re-run with --yes\n")
     assert state(empty_db_dsn) == before
     done = cli("rollback", "--yes", dsn=empty_db_dsn)
-    assert (done.exit_code, done.stdout, done.stderr) == (0, PLAN_LATEST + f"rolling back {IDS[-1]}\n", "")
-    assert applied(empty_db_dsn) == IDS[:-1]
+    assert (done.exit_code, done.stdout, done.stderr) == (
+        0, PLAN_LATEST + f"rolling back {JOURNEY[-1]}\n", "")
+    assert applied(empty_db_dsn) == JOURNEY[:-1]
 
 
 def test_rollback_past_the_baseline_needs_yes_and_include_baseline(cli, empty_db_dsn):
@@ -213,8 +225,8 @@ def test_rollback_on_a_terminal_asks(empty_db_dsn, cli):
                               "error: not confirmed: nothing was rolled back\n")
     assert state(empty_db_dsn) == before
     code, out = on_terminal(["--dsn", empty_db_dsn, "rollback"], b"y")
-    assert (code, out) == (0, PLAN_LATEST + f"Roll back 1 migration? [y/N]: y\nrolling back {IDS[-1]}\n")
-    assert applied(empty_db_dsn) == IDS[:-1]
+    assert (code, out) == (0, PLAN_LATEST + f"Roll back 1 migration? [y/N]: y\nrolling back {JOURNEY[-1]}\n")
+    assert applied(empty_db_dsn) == JOURNEY[:-1]
 
 
 # -- adopt -----------------------------------------------------------------------------------------
@@ -255,7 +267,7 @@ def test_adopt_a_compatible_database_then_migrate_completes_the_journey(cli, app
     journey = cli("migrate", dsn=app_made)
     assert (journey.exit_code, journey.stderr) == (0, "")
     assert journey.stdout.splitlines()[-2] == "backfilled target_populations 3, offers 6, ad_events 10"
-    assert applied(app_made) == IDS
+    assert applied(app_made) == JOURNEY
 
 
 @pytest.mark.parametrize(("damage", "differences"), [

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -41,9 +44,10 @@ from tests.helpers import (
     sync_triggers_disabled,
     untag,
     value,
+    wait_until,
 )
 
-SHAPE_OK = 'every snapshot is {"tags": [...]}'
+SHAPE_OK = 'every snapshot is {"tags": [[...], ...]}'
 TABLES = ("target_populations", "offers", "ad_events")
 
 
@@ -81,9 +85,17 @@ def healthy_checks(run_id: int, finished: datetime) -> list[dict]:
         {"check": "duplicate_populations", "violations": 0, "detail": "one row per (target, me_file)"},
         {"check": "not_populated_rows", "violations": 0, "detail": "no rows in not_populated targets"},
         {"check": "stuck_populating", "violations": 0, "detail": "none populating for more than 1 hour"},
+        {"check": "stale_targets", "violations": 0,
+         "detail": "none stale for more than 1 hour (0 stale now, re-populated by the scheduled job)"},
+        {"check": "compiled_catalogue", "violations": 0,
+         "detail": "pgsnap.band_traits matches the catalogue"},
         {"check": "last_backfill_failed", "violations": 0,
          "detail": f"run {run_id} succeeded at {utc(finished)}"},
     ]
+
+
+def check_detail(report: dict, name: str) -> str:
+    return next(c["detail"] for c in report["checks"] if c["check"] == name)
 
 
 def check_json(cli) -> tuple[int, dict]:
@@ -135,6 +147,9 @@ def test_check_healthy_text(cli, healthy):
         "duplicate_populations              0           one row per (target, me_file)\n"
         "not_populated_rows                 0           no rows in not_populated targets\n"
         "stuck_populating                   0           none populating for more than 1 hour\n"
+        "stale_targets                      0           none stale for more than 1 hour (0 stale now,"
+        " re-populated by the scheduled job)\n"
+        "compiled_catalogue                 0           pgsnap.band_traits matches the catalogue\n"
         f"last_backfill_failed               0           run {run_id} succeeded at {utc(finished)}\n"
         "check: healthy\n"
     )
@@ -146,7 +161,7 @@ def test_check_on_an_empty_database_is_healthy(cli, conn):
     assert code == 0
     assert [(c["check"], c["violations"], c["detail"]) for c in report["checks"]][-1] == (
         "last_backfill_failed", 0, "no backfill run yet")
-    assert report["checks"][0]["detail"] == "0 NULL of 0 rows"
+    assert check_detail(report, "null_snapshots:target_populations") == "0 NULL of 0 rows"
 
 
 def test_check_invariants_sql_has_one_row_per_check(conn, healthy):
@@ -174,7 +189,7 @@ def test_check_finds_snapshots_of_the_wrong_shape(cli, conn, healthy, table):
         execute(conn, f"UPDATE {table} SET matching_tags_snapshot = %s::jsonb WHERE id = %s", (snap, row_id))
     n = min(len(ids), len(bad))
     assert_violation(cli, healthy, f"snapshot_shape:{table}", n,
-                     "not {\"tags\": [...]}: id " + ", ".join(str(i) for i in ids[:n]))
+                     "not {\"tags\": [[...], ...]}: id " + ", ".join(str(i) for i in ids[:n]))
 
 
 def test_check_finds_two_rows_for_one_target_and_me_file(cli, conn, healthy):
@@ -213,20 +228,56 @@ def test_check_stuck_threshold_is_the_setting(cli, conn, healthy):
     since = value(conn, "SELECT populating_since FROM targets WHERE id = 1")
     code, report = check_json(cli)
     assert code == 1 and report["failing"] == ["stuck_populating"]
-    assert report["checks"][8]["detail"] == (
+    assert check_detail(report, "stuck_populating") == (
         f"populating for more than 0 seconds: target {T1} since {utc(since)} (nobody is populating it)")
 
 
-def test_check_names_the_session_still_populating(cli, conn, new_conn, healthy):
+@contextmanager
+def populate_held(conn, new_conn, target: int) -> Iterator[int]:
+    """`CALL pgsnap.populate_target(target, 1)` in another session, held inside the batch that
+    inserts M2 (a trigger waits for an advisory lock this block holds); yields its pid."""
+    execute(conn, "DELETE FROM target_populations WHERE target_id = %s", (target,))
+    execute(conn, f"""
+        CREATE FUNCTION public.test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+        CREATE TRIGGER test_hold BEFORE INSERT ON target_populations
+           FOR EACH ROW WHEN (NEW.me_file_id = {M2}) EXECUTE FUNCTION public.test_hold()""")
+    execute(conn, "SELECT pg_advisory_lock(4242)")
     worker = new_conn()
-    execute(worker, "SELECT pgsnap._populate_begin(%s, 500)", (T1,))  # holds populate:1, status populating
-    execute(conn, "UPDATE targets SET populating_since = '2026-01-02T03:04:05Z' WHERE id = 1")
-    code, report = check_json(cli)
-    assert code == 1
-    assert report["checks"][8] == {
+    call = threading.Thread(target=lambda: execute(worker, "CALL pgsnap.populate_target(%s, 1)", (target,)))
+    call.start()
+    try:
+        wait_until(lambda: rows(conn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                                      " AND wait_event = 'advisory'", (worker.info.backend_pid,)),
+                   what="the populate to reach M2")
+        yield worker.info.backend_pid
+    finally:
+        execute(conn, "SELECT pg_advisory_unlock(4242)")
+        call.join(60)
+        execute(conn, "DROP TRIGGER test_hold ON target_populations")
+
+
+def test_check_names_the_session_still_populating(cli, conn, new_conn, healthy):
+    execute(conn, "UPDATE pgsnap.settings SET value = '0 seconds' WHERE key = 'populating_stuck_after'")
+    with populate_held(conn, new_conn, T1) as pid:
+        since = value(conn, "SELECT populating_since FROM targets WHERE id = %s", (T1,))
+        code, report = check_json(cli)
+        stuck = next(c for c in report["checks"] if c["check"] == "stuck_populating")
+    assert (code, stuck) == (1, {
         "check": "stuck_populating", "violations": 1,
-        "detail": f"populating for more than 1 hour: target {T1} since 2026-01-02 03:04:05 UTC"
-                  f" (pid {worker.info.backend_pid} still populating it)"}
+        "detail": f"populating for more than 0 seconds: target {T1} since {utc(since)}"
+                  f" (pid {pid} still populating it)"})
+
+
+def test_populating_start_is_recorded_and_cleared_by_populate(conn, new_conn, healthy):
+    last = value(conn, "SELECT last_populated_at FROM targets WHERE id = %s", (T1,))
+    with populate_held(conn, new_conn, T1) as pid:
+        since = value(conn, "SELECT populating_since FROM targets WHERE id = %s", (T1,))
+        assert rows(conn, "SELECT * FROM pgsnap.populating_targets()") == [(T1, since, last, pid)]
+        assert since is not None and since > last
+    assert rows(conn, "SELECT * FROM pgsnap.populating_targets()") == []
+    assert value(conn, "SELECT populating_since FROM targets WHERE id = %s", (T1,)) is None
+    assert value(conn, "SELECT population_status FROM targets WHERE id = %s", (T1,)) == "populated"
 
 
 def test_check_without_a_recorded_start_falls_back_to_last_populated_at(cli, conn, healthy):
@@ -235,18 +286,6 @@ def test_check_without_a_recorded_start_falls_back_to_last_populated_at(cli, con
     assert_violation(cli, healthy, "stuck_populating", 1,
                      f"populating for more than 1 hour: target {T1} since an unknown time"
                      " (nobody is populating it)")
-
-
-def test_populating_start_is_recorded_and_cleared_by_populate(conn, new_conn, healthy):
-    worker = new_conn()
-    execute(worker, "SELECT pgsnap._populate_begin(%s, 500)", (T1,))
-    ((target, since, last, pid),) = rows(conn, "SELECT * FROM pgsnap.populating_targets()")
-    assert (target, pid) == (T1, worker.info.backend_pid)
-    assert abs(since - value(conn, "SELECT now()")) < timedelta(seconds=5)
-    assert last is not None
-    execute(worker, "SELECT pgsnap._populate_finish(%s)", (T1,))
-    assert rows(conn, "SELECT * FROM pgsnap.populating_targets()") == []
-    assert value(conn, "SELECT populating_since FROM targets WHERE id = %s", (T1,)) is None
 
 
 def test_check_finds_a_failed_last_backfill_run(cli, conn, healthy):
@@ -259,7 +298,7 @@ def test_check_finds_a_failed_last_backfill_run(cli, conn, healthy):
     execute(conn, "CALL pgsnap.backfill_missing_snapshots()")  # a later run succeeds: healthy again
     code, report = check_json(cli)
     assert code == 0
-    assert report["checks"][9]["detail"].startswith(f"run {run_id + 2} succeeded at ")
+    assert check_detail(report, "last_backfill_failed").startswith(f"run {run_id + 2} succeeded at ")
 
 
 def test_check_finds_a_backfill_run_whose_session_is_gone(cli, conn, healthy):
@@ -276,7 +315,7 @@ def test_check_a_running_backfill_is_fine(cli, conn, healthy):
                          " RETURNING id")  # this test's own session: alive
     code, report = check_json(cli)
     assert code == 0
-    assert report["checks"][9]["detail"].startswith(f"run {run_id} running at ")
+    assert check_detail(report, "last_backfill_failed").startswith(f"run {run_id} running at ")
 
 
 def test_check_reports_every_failing_check(cli, conn, healthy):
@@ -307,7 +346,7 @@ def test_check_when_the_check_itself_fails_exits_2(cli, conn):
 
 
 def test_behind_database_cannot_be_checked_but_has_a_status(cli, empty_db_dsn):
-    deploy.migrate(empty_db_dsn, to="0004.snapshot-checks")
+    deploy.migrate(empty_db_dsn, backfill=False)  # the enforcement steps pending
     result = cli("check", dsn=empty_db_dsn)
     assert (result.exit_code, result.stdout) == (2, "")
     assert result.stderr == "error: database is behind this pgsnap: run `pgsnap migrate`\n"
@@ -316,7 +355,9 @@ def test_behind_database_cannot_be_checked_but_has_a_status(cli, empty_db_dsn):
     status = cli("status", dsn=empty_db_dsn)
     assert status.exit_code == 0, status.output
     ids = [m.id for m in deploy.read_migrations()]
-    pending = ids[ids.index("0004.snapshot-checks") + 1:]
+    with psycopg.connect(empty_db_dsn) as c:
+        pending = [mid for mid in ids if mid not in deploy.applied_migrations(c)]
+    assert pending and all(deploy.is_enforcement(m) for m in deploy.read_migrations() if m.id in pending)
     assert section(status.stdout, "migrations") == [
         f"{len(ids) - len(pending)} applied, {len(pending)} pending",
         *(f"pending: {mid}" for mid in pending),

@@ -120,7 +120,7 @@ def test_no_backfill_stops_before_the_first_enforcement(home, empty_db_dsn, cli)
     )
     assert applied(empty_db_dsn) == IDS[:2]
     with psycopg.connect(empty_db_dsn) as c:  # sql/ was deployed so that `pgsnap backfill` can run
-        assert c.execute("SELECT to_regproc('pgsnap.backfill_batch') IS NOT NULL").fetchone()[0]
+        assert c.execute("SELECT to_regproc('pgsnap.backfill_missing_snapshots') IS NOT NULL").fetchone()[0]
 
 
 def test_enforcement_under_lock_gives_up_naming_the_blocker(staged):

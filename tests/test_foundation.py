@@ -12,6 +12,7 @@ from pgsnap import deploy
 from pgsnap.config import resolve_dsn
 from pgsnap.demo.cluster import free_port
 from pgsnap.progress import progress
+from tests.legacy_data import journey_order
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = "0001.baseline-schema"
@@ -81,6 +82,11 @@ def all_ids() -> list[str]:
     return [m.id for m in deploy.read_migrations()]
 
 
+def journey() -> list[str]:
+    """The order migrate applies them in (enforcement steps last)."""
+    return journey_order()
+
+
 # -- the real migrations ---------------------------------------------------------------------------
 def test_migrate_on_empty_db_creates_every_design_table_and_column(empty_db_dsn):
     deploy.migrate(empty_db_dsn)
@@ -88,11 +94,11 @@ def test_migrate_on_empty_db_creates_every_design_table_and_column(empty_db_dsn)
         found = public_columns(c)
     assert design_view(found) == DESIGN_SCHEMA
     assert set(DESIGN_SCHEMA) <= set(found)
-    assert applied_ids(empty_db_dsn) == all_ids()
+    assert applied_ids(empty_db_dsn) == journey()
 
 
 def test_template_is_fully_migrated_and_current(conn):
-    assert list(deploy.applied_migrations(conn)) == all_ids()
+    assert list(deploy.applied_migrations(conn)) == journey()
     deploy.check_current(conn)
     assert deploy.has_pgsnap_schema(conn)
 
@@ -114,14 +120,14 @@ def test_rollback_all_then_migrate_again(empty_db_dsn, cli):
     deploy.migrate(empty_db_dsn)
     result = cli("rollback", "--all", "--yes", "--include-baseline", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert result.stdout.endswith("".join(f"rolling back {mid}\n" for mid in reversed(all_ids())))
+    assert result.stdout.endswith("".join(f"rolling back {mid}\n" for mid in reversed(journey())))
     assert applied_ids(empty_db_dsn) == []
     with psycopg.connect(empty_db_dsn) as c:
         assert public_columns(c) == {}
         assert not deploy.has_pgsnap_schema(c)
     result = cli("migrate", dsn=empty_db_dsn)
     assert result.exit_code == 0, result.stderr
-    assert applied_ids(empty_db_dsn) == all_ids()
+    assert applied_ids(empty_db_dsn) == journey()
 
 
 def test_migrate_to_baseline_leaves_no_pgsnap_schema_and_later_migrate_completes(empty_db_dsn, cli):
@@ -143,7 +149,7 @@ def test_migrate_to_baseline_leaves_no_pgsnap_schema_and_later_migrate_completes
 
     result = cli("migrate", dsn=empty_db_dsn)
     assert result.exit_code == 0, result.stderr
-    assert applied_ids(empty_db_dsn) == all_ids()
+    assert applied_ids(empty_db_dsn) == journey()
     again = cli("migrate", "--to", BASELINE, dsn=empty_db_dsn)
     assert again.stdout.splitlines()[0] == f"nothing to apply: the database is up to date (up to {BASELINE})"
 
@@ -176,7 +182,7 @@ def test_two_concurrent_migrate_processes_apply_each_migration_once(empty_db_dsn
     stdouts = sorted((out for out, _ in outs), key=lambda out: not out.startswith("nothing"))
     assert stdouts[0].startswith("nothing to apply")
     assert [ln for ln in stdouts[1].splitlines() if ln.startswith("applying ")] == [
-        f"applying {mid}" for mid in all_ids()
+        f"applying {mid}" for mid in journey()
     ]
 
 

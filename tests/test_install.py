@@ -4,6 +4,7 @@ pgsnap that finds no migrations refuses every command (exit 2) instead of callin
 "up to date"."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,12 @@ def installed(tmp_path_factory) -> Path:
     """`bin/` of a fresh venv holding only the wheel built from this checkout (and its
     dependencies)."""
     root = tmp_path_factory.mktemp("install")
+    # a copy of the sources: setuptools' build/ directory in the checkout may hold files since removed
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"))
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"),
-                 str(REPO)], cwd=root)
+                 str(source)], cwd=root)
     assert built.returncode == 0, built.stderr
     (wheel,) = (root / "dist").glob("pgsnap-*.whl")
     venv = root / "venv"

@@ -16,7 +16,9 @@ from tests.legacy_data import (
     STALE,
     applied,
     attnotnull,
+    enforcement_ids,
     expected_snapshots,
+    journey_order,
     migration_ids,
     null_counts,
     runs,
@@ -30,6 +32,9 @@ BASELINE = "0001.baseline-schema"
 ENFORCE_TP = "0005.enforce-target-populations-snapshot"
 ENFORCE_OFFERS = "0006.enforce-offers-snapshot"
 ENFORCE_EVENTS = "0007.enforce-ad-events-snapshot"
+JOURNEY = journey_order()  # what one `pgsnap migrate` applies to an empty database, in order
+ENFORCING = [m for m in JOURNEY if m in enforcement_ids()]  # the enforcement steps, last
+PLAIN = [m for m in JOURNEY[1:] if m not in ENFORCING]  # the plain step after the baseline
 
 
 def sql_files() -> int:
@@ -42,9 +47,15 @@ MID_JOURNEY_CONSTRAINTS = {**{f"{t}_snapshot_shape": False for t in SNAPSHOT_TAB
                            **{f"{t}_snapshot_not_null": False for t in SNAPSHOT_TABLES}}
 
 
+def applying(ids: list[str]) -> str:
+    return "".join(f"applying {mid}\n" for mid in ids)
+
+
 def test_the_migration_ids_this_file_relies_on():
-    assert IDS == [BASELINE, "0002.pgsnap-schema", "0003.scheduler", "0004.snapshot-checks",
-                   ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS]
+    assert IDS[:7] == [BASELINE, "0002.pgsnap-schema", "0003.scheduler", "0004.snapshot-checks",
+                       ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS]
+    assert ENFORCING[:3] == [ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS]
+    assert JOURNEY == [BASELINE, *PLAIN, *ENFORCING] and PLAIN[:3] == IDS[1:4]
 
 
 def stage_legacy(cli, dsn) -> dict:
@@ -56,7 +67,7 @@ def stage_legacy(cli, dsn) -> dict:
 
 
 def assert_enforced(dsn):
-    assert applied(dsn) == IDS
+    assert applied(dsn) == JOURNEY
     with psycopg.connect(dsn) as c:
         assert null_counts(c) == dict.fromkeys(SNAPSHOT_TABLES, 0)
         assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, True)
@@ -68,10 +79,8 @@ def test_legacy_journey_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn
     result = cli("migrate", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout == (
-        "applying 0002.pgsnap-schema\napplying 0003.scheduler\napplying 0004.snapshot-checks\n"
-        "backfilling NULL snapshots\n"
-        f"applying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
-        "backfilled target_populations 3, offers 6, ad_events 10\n"
+        applying(PLAIN) + "backfilling NULL snapshots\n" + applying(ENFORCING)
+        + "backfilled target_populations 3, offers 6, ad_events 10\n"
         f"deployed {sql_files()} sql/ files\n"
     )
     assert_enforced(empty_db_dsn)
@@ -106,8 +115,8 @@ def test_legacy_journey_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn
 def test_empty_database_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn):
     result = cli("migrate", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert result.stdout == "".join(f"applying {m}\n" for m in IDS[:4]) + "backfilling NULL snapshots\n" + \
-        "".join(f"applying {m}\n" for m in IDS[4:]) + f"deployed {sql_files()} sql/ files\n"
+    assert result.stdout == (applying([BASELINE, *PLAIN]) + "backfilling NULL snapshots\n"
+                             + applying(ENFORCING) + f"deployed {sql_files()} sql/ files\n")
     assert_enforced(empty_db_dsn)
 
 
@@ -115,10 +124,8 @@ def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
     stage_legacy(cli, empty_db_dsn)
     result = cli("migrate", "--no-backfill", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert result.stdout == (
-        "applying 0002.pgsnap-schema\napplying 0003.scheduler\napplying 0004.snapshot-checks\n"
-        f"{STOPPED}deployed {sql_files()} sql/ files\n")
-    assert applied(empty_db_dsn) == IDS[:4]
+    assert result.stdout == applying(PLAIN) + f"{STOPPED}deployed {sql_files()} sql/ files\n"
+    assert applied(empty_db_dsn) == [BASELINE, *PLAIN]
     with psycopg.connect(empty_db_dsn) as c:
         assert null_counts(c) == {"target_populations": 3, "offers": 6, "ad_events": 10}  # nothing filled
         assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
@@ -138,8 +145,7 @@ def test_no_backfill_stops_before_enforcement(cli, empty_db_dsn):
         0, "backfill run 1 succeeded: 1 batches; filled target_populations 3, offers 6, ad_events 10\n")
     done = cli("migrate", dsn=empty_db_dsn)
     assert (done.exit_code, done.stdout) == (
-        0, f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n"
-           f"applying {ENFORCE_EVENTS}\ndeployed {sql_files()} sql/ files\n")
+        0, "backfilling NULL snapshots\n" + applying(ENFORCING) + f"deployed {sql_files()} sql/ files\n")
     assert_enforced(empty_db_dsn)
 
 
@@ -159,7 +165,7 @@ def test_refusal_while_nulls_remain_applies_no_enforcement(cli, empty_db_dsn):
             "error: cannot enforce NOT NULL: 3 NULL snapshots remain "
             "(target_populations 1, offers 1, ad_events 1); run `pgsnap backfill`, then `pgsnap migrate`\n")
         assert result.stdout == "backfilling NULL snapshots\n"
-        assert applied(empty_db_dsn) == IDS[:4]
+        assert applied(empty_db_dsn) == [BASELINE, *PLAIN]
         with psycopg.connect(empty_db_dsn) as c:
             assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
             assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
@@ -200,7 +206,7 @@ def test_refusal_while_another_backfill_run_is_active(cli, empty_db_dsn):
                 1, "backfilling NULL snapshots\n",
                 "error: cannot enforce NOT NULL: 19 NULL snapshots remain (target_populations 3, "
                 "offers 6, ad_events 10); run `pgsnap backfill`, then `pgsnap migrate`\n")
-            assert applied(empty_db_dsn) == IDS[:4]
+            assert applied(empty_db_dsn) == [BASELINE, *PLAIN]
             assert attnotnull(c) == dict.fromkeys(SNAPSHOT_TABLES, False)
             assert snapshot_constraints(c) == MID_JOURNEY_CONSTRAINTS
             assert runs(c) == [("running", 0, 0, 0, 0, None), ("skipped", 0, 0, 0, 0, None)]
@@ -252,7 +258,7 @@ def test_lock_contention_on_offers_gives_up_naming_table_and_blocker_then_a_reru
             f"backfilling NULL snapshots\napplying {ENFORCE_TP}\napplying {ENFORCE_OFFERS}\n"
             + retries("lock table offers", 2))
         # consistent: target_populations enforced, offers untouched by its failed step, ad_events after it
-        assert applied(empty_db_dsn) == IDS[:5]
+        assert applied(empty_db_dsn) == [BASELINE, *PLAIN, ENFORCE_TP]
         with psycopg.connect(empty_db_dsn) as c:
             assert attnotnull(c) == {"target_populations": True, "offers": False, "ad_events": False}
             assert snapshot_constraints(c) == {
@@ -266,8 +272,7 @@ def test_lock_contention_on_offers_gives_up_naming_table_and_blocker_then_a_reru
     rerun = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
     assert (rerun.exit_code, rerun.stderr) == (0, "")
     assert rerun.stdout == (
-        f"backfilling NULL snapshots\napplying {ENFORCE_OFFERS}\napplying {ENFORCE_EVENTS}\n"
-        f"deployed {sql_files()} sql/ files\n")
+        "backfilling NULL snapshots\n" + applying(ENFORCING[1:]) + f"deployed {sql_files()} sql/ files\n")
     assert_enforced(empty_db_dsn)
     with psycopg.connect(empty_db_dsn) as c:
         expected = expected_snapshots(c, legacy)
@@ -301,30 +306,31 @@ def test_lock_contention_retries_until_the_blocker_commits(cli, empty_db_dsn):
         migrator.join(120)
     assert not migrator.is_alive()
     (result,) = outcome
-    assert result.applied == [ENFORCE_TP, ENFORCE_OFFERS, ENFORCE_EVENTS]
+    assert result.applied == ENFORCING
     assert said[:3] == ["backfilling NULL snapshots", f"applying {ENFORCE_TP}", f"applying {ENFORCE_OFFERS}"]
     assert said[3] == "could not lock table offers within lock_timeout 100ms; retry 1 of 50 in 0.2s"
-    assert said[-1] == f"applying {ENFORCE_EVENTS}"
+    assert said[-1] == f"applying {ENFORCING[-1]}"
     assert_enforced(empty_db_dsn)
 
 
 @pytest.mark.parametrize("table", ["offers", "target_populations"])
 def test_lock_contention_from_a_legacy_database_names_the_table(cli, empty_db_dsn, table):
-    """From a legacy database, 0002-0004 are one step (0002 locks target_bands and
-    target_populations, 0004 all three snapshot tables): under --lock-timeout, with retries,
-    naming the tables and the blocker; nothing of the step is applied."""
+    """From a legacy database the plain migrations are one step (0002 locks target_bands and
+    target_populations, 0004 all three snapshot tables, and so on): under --lock-timeout, with
+    retries, naming the tables and the blocker; nothing of the step is applied."""
     stage_legacy(cli, empty_db_dsn)
     blocker = psycopg.connect(empty_db_dsn, autocommit=False, application_name="blocker")
     blocker.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
     try:
         result = cli("migrate", "--lock-timeout", "100ms", "--lock-retries", "2", dsn=empty_db_dsn)
-        tables = "tables target_bands, target_populations, offers, ad_events"
+        migrations = {m.id: m for m in deploy.read_migrations()}
+        locked = dict.fromkeys(t for mid in PLAIN if (mk := deploy.marker_of(migrations[mid]))
+                               for t in mk.tables)
+        tables = "tables " + ", ".join(locked)
         assert (result.exit_code, result.stderr) == (
             3, _blocked_migrate_message(blocker, empty_db_dsn, tables))
-        assert result.stdout == (
-            "applying 0002.pgsnap-schema\napplying 0003.scheduler\napplying 0004.snapshot-checks\n"
-            + retries(f"lock {tables}", 2))
-        assert applied(empty_db_dsn) == IDS[:1]
+        assert result.stdout == applying(PLAIN) + retries(f"lock {tables}", 2)
+        assert applied(empty_db_dsn) == [BASELINE]
     finally:
         blocker.commit()
         blocker.close()

@@ -11,10 +11,12 @@ import pytest
 from pgsnap import deploy
 from scripts.dump_schema import dump_schema
 from tests.helpers import db_state, execute, rows, seed_worked_example, value
-from tests.legacy_data import applied, migration_ids, seed_legacy_journey
+from tests.legacy_data import applied, enforcement_ids, journey_order, seed_legacy_journey
 
-IDS = migration_ids()
-BASELINE = "0001.baseline-schema"
+JOURNEY = journey_order()  # what one `pgsnap migrate` applies to an empty database, in order
+BASELINE = JOURNEY[0]
+ENFORCING = [m for m in JOURNEY if m in enforcement_ids()]
+PLAIN = [m for m in JOURNEY[1:] if m not in ENFORCING]
 FIXTURE_HOME = Path(__file__).resolve().parent / "fixtures" / "home"
 
 
@@ -50,24 +52,23 @@ def test_a_crash_before_the_records_leaves_the_legacy_database_exactly_as_it_was
     crash_before_records(monkeypatch)
     with pytest.raises(Crash) as crashed:
         deploy.migrate(empty_db_dsn)
-    assert str(crashed.value) == ("crashed after the statements of "
-                                  "['0002.pgsnap-schema', '0003.scheduler', '0004.snapshot-checks']")
+    assert str(crashed.value) == f"crashed after the statements of {PLAIN}"
     assert state(empty_db_dsn) == before
     monkeypatch.undo()
-    assert deploy.migrate(empty_db_dsn).applied == IDS[1:]  # nothing half-applied stands in the way
+    assert deploy.migrate(empty_db_dsn).applied == JOURNEY[1:]  # nothing half-applied stands in the way
 
 
 def test_a_crash_in_an_enforcement_step_leaves_it_unapplied(empty_db_dsn, monkeypatch):
     legacy(empty_db_dsn)
     deploy.migrate(empty_db_dsn, backfill=False)
-    deploy.migrate(empty_db_dsn, to=IDS[4])  # backfill, then 0005
+    deploy.migrate(empty_db_dsn, to=ENFORCING[0])  # backfill, then the first enforcement step
     before = state(empty_db_dsn, skip=("pgsnap.backfill_runs",))
 
     crash_before_records(monkeypatch)
-    with pytest.raises(Crash, match=IDS[5]):
+    with pytest.raises(Crash, match=ENFORCING[1]):
         deploy.migrate(empty_db_dsn)
     assert state(empty_db_dsn, skip=("pgsnap.backfill_runs",)) == before  # the backfill's run aside
-    assert applied(empty_db_dsn) == IDS[:5]
+    assert applied(empty_db_dsn) == [BASELINE, *PLAIN, ENFORCING[0]]
 
 
 def test_enforcement_steps_come_after_every_plain_migration_they_do_not_depend_on(tmp_path, monkeypatch,
@@ -91,7 +92,11 @@ def test_enforcement_steps_come_after_every_plain_migration_they_do_not_depend_o
                                      "0003.enforce-things", "0004.things-note"]
 
 
-def test_to_inside_a_step_leaves_out_sql_that_needs_the_rest_of_it(tmp_path, monkeypatch, empty_db_dsn, cli):
+def test_to_inside_a_step_whose_sql_needs_the_rest_of_it_applies_nothing(tmp_path, monkeypatch,
+                                                                           empty_db_dsn, cli):
+    """sql/ deployed without the rest of the step would fail: the application would run with
+    migrations but without their behaviour. migrate refuses, applying nothing, and names the
+    step's end."""
     home = tmp_path / "home"
     shutil.copytree(FIXTURE_HOME, home)
     (home / "migrations" / "0005.things-extra.sql").write_text(
@@ -100,18 +105,19 @@ def test_to_inside_a_step_leaves_out_sql_that_needs_the_rest_of_it(tmp_path, mon
         "CREATE OR REPLACE VIEW pgsnap.extras AS SELECT id, extra FROM public.things;\n")
     monkeypatch.setenv("PGSNAP_HOME", str(home))
     result = cli("migrate", "--to", "0002.pgsnap-schema", dsn=empty_db_dsn)
+    assert (result.exit_code, result.stderr) == (2, (
+        "error: --to 0002.pgsnap-schema stops inside a step whose sql/ needs the rest of it, up to "
+        '0005.things-extra (deploying sql/20_extra.sql failed: 42703: column "extra" does not exist); '
+        "nothing was applied: use --to 0005.things-extra\n"))
+    assert result.stdout == "applying 0001.things\napplying 0002.pgsnap-schema\n"
+    assert applied(empty_db_dsn) == []
+    with psycopg.connect(empty_db_dsn) as c:
+        assert rows(c, "SELECT to_regclass('things'), to_regnamespace('pgsnap')") == [(None, None)]
+    # --to 0001 ends inside the step too, but sql/ has nothing to do there yet: it is applied
+    assert cli("migrate", "--to", "0001.things", dsn=empty_db_dsn).exit_code == 0
+    result = cli("migrate", "--to", "0005.things-extra", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert result.stdout == (
-        "applying 0001.things\napplying 0002.pgsnap-schema\n"
-        'sql/ not deployed at this point (deploying sql/20_extra.sql failed: 42703: column "extra" does '
-        "not exist); `pgsnap migrate` without --to deploys it\n")
-    assert applied(empty_db_dsn) == ["0001.things", "0002.pgsnap-schema"]
-    with psycopg.connect(empty_db_dsn) as c:  # the migrations stand, sql/ is not half there
-        assert rows(c, "SELECT proname FROM pg_proc WHERE pronamespace = 'pgsnap'::regnamespace") == []
-        assert deploy.deployed_checksum(c) is None
-    result = cli("migrate", dsn=empty_db_dsn)
-    assert (result.exit_code, result.stderr) == (0, "")
-    assert result.stdout.splitlines()[0] == "applying 0005.things-extra"
+    assert result.stdout == "applying 0002.pgsnap-schema\napplying 0005.things-extra\ndeployed 2 sql/ files\n"
     with psycopg.connect(empty_db_dsn) as c:
         assert deploy.deployed_checksum(c) == deploy.sql_checksum(sorted((home / "sql").glob("*.sql")))
 
@@ -129,19 +135,30 @@ def app_writes(conn, n: int) -> list[tuple]:
 
 
 def test_the_application_keeps_working_at_every_intermediate_state(empty_db_dsn, cli):
+    """`migrate --to` each migration in turn: every state it leaves (or refuses to leave) takes the
+    legacy application's writes."""
     deploy.migrate(empty_db_dsn, to=BASELINE)
     with psycopg.connect(empty_db_dsn, autocommit=True) as c:
         seed_worked_example(c)
         execute(c, "INSERT INTO campaigns (id, target_id, title) VALUES (1, 1, 'c')")
         assert app_writes(c, 0) == [(100, None)]  # legacy: no snapshot for the offer
-    for n, mid in enumerate(IDS[1:], 1):
+    reached = [BASELINE]
+    for n, mid in enumerate(JOURNEY[1:], 1):
         result = cli("migrate", "--to", mid, dsn=empty_db_dsn)
-        assert (result.exit_code, result.stderr) == (0, ""), mid
-        assert applied(empty_db_dsn) == IDS[: n + 1]
+        if result.exit_code == 0:
+            reached.append(mid)
+        else:  # a state inside a step whose sql/ needs the rest of it is never reached
+            assert (result.exit_code, result.stderr.split(" stops inside a step")[0]) == (
+                2, f"error: --to {mid}")
+        assert (applied(empty_db_dsn), result.stderr if result.exit_code == 0 else "") == (
+            JOURNEY[: JOURNEY.index(reached[-1]) + 1], ""), mid
         with psycopg.connect(empty_db_dsn, autocommit=True) as c:
-            # the offer copies its population's snapshot once sql/ is there (from 0002 on)
-            assert app_writes(c, n) == [(100 + n, {"tags": []})], mid
-            assert value(c, "SELECT target_id FROM target_populations WHERE me_file_id = %s", (100 + n,)) == 1
+            snapshot = None if reached[-1] == BASELINE else {"tags": []}  # sql/ from the first step on
+            assert app_writes(c, n) == [(100 + n, snapshot)], mid
+            if reached[-1] != BASELINE:
+                assert value(c, "SELECT target_id FROM target_populations WHERE me_file_id = %s",
+                             (100 + n,)) == 1
+    assert reached[-1] == JOURNEY[-1] and set(PLAIN[-1:] + ENFORCING) <= set(reached)  # every step's end
 
 
 def test_lock_timeout_with_a_space_works_and_a_bad_one_is_refused_before_anything(empty_db_dsn, cli):
@@ -154,4 +171,4 @@ def test_lock_timeout_with_a_space_works_and_a_bad_one_is_refused_before_anythin
         assert state(empty_db_dsn) == before
     result = cli("migrate", "--lock-timeout", "2 s", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert applied(empty_db_dsn) == IDS
+    assert applied(empty_db_dsn) == JOURNEY
