@@ -47,7 +47,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgsnap.health import snapshot_health
+from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
 
 DEFAULT_ME_FILES = 50_000
 DEFAULT_TARGETS = 10
@@ -557,7 +557,7 @@ def generate_legacy_rows(
         offers = dict(conn.execute(
             "SELECT kind, count(*) FROM pg_temp.dg_legacy_offer GROUP BY 1 ORDER BY 1").fetchall())
     if analyze:
-        _analyze(conn, ("target_populations", "offers", "ad_events", "campaigns"))
+        _analyze(conn, (*SNAPSHOT_TABLES, "campaigns"))
     totals = {name: {"rows": rows, "null": nulls}
               for name, (nulls, rows) in snapshot_health(conn).items()}
     return {"totals": totals, "populations_by_kind": populations, "offers_by_kind": offers}

@@ -4,7 +4,7 @@ One job definition, two runners. With the pg_cron extension the job lives in
 `cron.job` (in pg_cron's database, `cron.database_name`, pointed at this one
 with `cron.schedule_in_database` when they differ); without it, in
 `pgsnap.jobs`, run by `pgsnap schedule run`. Expressions are checked by
-`pgsnap.cron` either way, and a name lives in one runner at a time.
+`pgsnap.schedule.cron` either way, and a name lives in one runner at a time.
 """
 
 from __future__ import annotations

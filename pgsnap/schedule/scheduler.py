@@ -50,7 +50,13 @@ Clock = Callable[[], datetime]
 
 LEADER_LOCK = "SELECT pg_try_advisory_lock(pgsnap.lock_key('scheduler'))"
 LEADER_UNLOCK = "SELECT pg_advisory_unlock(pgsnap.lock_key('scheduler'))"
-LEADER_PID = "SELECT pid FROM pgsnap._lock_holder(pgsnap.lock_key('scheduler')) AS pid WHERE pid IS NOT NULL"
+# the session holding the leader's lock (pg_locks splits a bigint advisory key in two halves)
+LEADER_PID = """
+    SELECT l.pid FROM pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((l.classid::bigint << 32) | l.objid::bigint) = pgsnap.lock_key('scheduler')
+     ORDER BY l.pid LIMIT 1"""
 ACTIVE_JOBS = """
     SELECT jobid, jobname, schedule, command, current_database(), current_user
       FROM pgsnap.jobs WHERE active ORDER BY jobid"""
