@@ -287,6 +287,37 @@ BEGIN
 END;
 $$;
 
+-- TRUNCATE fires no row or statement DELETE trigger: recompile everything (the catalogue has
+-- no rows to speak of then) and mark every maintained target.
+CREATE OR REPLACE FUNCTION pgsnap._catalogue_truncated()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(t.id) FROM public.targets t WHERE t.population_status IN ('populating', 'populated')),
+        TG_TABLE_NAME || ' truncated%s', NULL);
+    PERFORM pgsnap._compile(NULL);
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+DECLARE
+    v_table text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['traits', 'trait_groups', 'trait_group_traits', 'targets', 'target_bands',
+                                   'target_band_trait_groups'] LOOP
+        -- fixed names only: nothing here comes from input
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON public.%I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated()',
+                       v_table || '_catalogue_truncate', v_table);
+    END LOOP;
+END;
+$$;
+
 -- Every deploy recompiles everything: cheap, and it repairs a catalogue edited while the
 -- triggers were disabled.
 SELECT pgsnap._compile(NULL);

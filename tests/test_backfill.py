@@ -360,7 +360,8 @@ def test_killed_run_then_rerun_fills_every_row_once_and_marks_the_killed_run_fai
         assert h.value(conn, "SELECT finished_at IS NOT NULL FROM pgsnap.backfill_runs"
                              " WHERE id = %s", (run_id,))
         # every row filled exactly once: the two runs' counts add up, earlier rows were not rewritten
-        assert all(r[2:5] for r in recorded)
+        assert [r[2:5] for r in recorded] == [(10 * k,) * 3, (0, 0, 0), (rest,) * 3]
+        assert 10 * k + rest == N_KILL
         for table in SNAPSHOT_TABLES:
             now = row_xmins(conn, table)
             assert {i: now[i] for i in filled_then[table]} == xmins_then[table], table
