@@ -220,19 +220,15 @@ def f_backfill(ctx: Context) -> dict[str, Any]:
 # -- (a) floor, (b) populate, (d) no-op refresh, (c) peer ---------------------------------------
 def a_floor(ctx: Context) -> dict[str, Any]:
     """Membership rows without snapshots into a table shaped like target_populations."""
-    require(ctx.conn, "pgsnap.memberships(bigint[],bigint[])")
+    require(ctx.conn, "pgsnap.memberships(bigint[])")
     c = ctx.conn
     c.execute("CREATE SCHEMA IF NOT EXISTS bench")
     c.execute("DROP TABLE IF EXISTS bench.floor")
     c.execute("CREATE TABLE bench.floor (LIKE public.target_populations"
               " INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)")
     c.execute("ALTER TABLE bench.floor DROP COLUMN matching_tags_snapshot")
-    has_target_id = c.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'bench.floor'::regclass"
-        " AND attname = 'target_id' AND NOT attisdropped)").fetchone()[0]
-    columns = "target_id, target_band_id, me_file_id" if has_target_id else "target_band_id, me_file_id"
-    insert = sql.SQL("INSERT INTO bench.floor ({cols}) SELECT {cols} FROM pgsnap.memberships(%s, NULL)"
-                     ).format(cols=sql.SQL(columns))
+    insert = ("INSERT INTO bench.floor (target_id, target_band_id, me_file_id)"
+              " SELECT target_id, target_band_id, me_file_id FROM pgsnap.memberships(%s)")
     t0 = time.perf_counter()
     rows = 0
     for target_id in ctx.main:
@@ -309,7 +305,7 @@ def c_peer(ctx: Context) -> dict[str, Any]:
 
 # -- (e) sync latency ----------------------------------------------------------------------------
 def e_sync_latency(ctx: Context) -> dict[str, Any]:
-    require(ctx.conn, "pgsnap.memberships(bigint[],bigint[])", "pgsnap.build_snapshot(bigint,bigint)")
+    require(ctx.conn, "pgsnap.memberships(bigint[])", "pgsnap.snapshots(bigint[],bigint[])")
     c = ctx.conn
     if not c.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'me_file_tags'::regclass"
                      " AND NOT tgisinternal").fetchone()[0]:
@@ -352,20 +348,15 @@ def maintain(c: psycopg.Connection, target_ids: list[int], chunk: int = 50) -> f
     (pgsnap.memberships) with the builder's snapshots, status populated. The same functions
     populate uses, in a few big statements: setting up 1,000 maintained targets through 1,000
     CALLs would dominate the run at medium scale. Returns seconds."""
-    # the builder's set-based form when this pgsnap has it, else the contract's per-row form
-    set_based = c.execute(
-        "SELECT to_regprocedure('pgsnap.snapshots(bigint[],bigint[])') IS NOT NULL").fetchone()[0]
     insert = """
-        WITH m AS (SELECT * FROM pgsnap.memberships(%(ids)s, NULL))
-        INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
-        SELECT m.target_band_id, m.me_file_id, s.snapshot
+        WITH m AS (SELECT * FROM pgsnap.memberships(%(ids)s))
+        INSERT INTO target_populations
+               (target_id, target_band_id, me_file_id, matching_tags_snapshot, inputs_hash)
+        SELECT m.target_id, m.target_band_id, m.me_file_id, s.snapshot, m.inputs_hash
           FROM m
           JOIN pgsnap.snapshots((SELECT array_agg(me_file_id) FROM m),
                                 (SELECT array_agg(target_band_id) FROM m)) s
-         USING (me_file_id, target_band_id)""" if set_based else """
-        INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
-        SELECT m.target_band_id, m.me_file_id, pgsnap.build_snapshot(m.me_file_id, m.target_band_id)
-          FROM pgsnap.memberships(%(ids)s, NULL) m"""
+         USING (me_file_id, target_band_id)"""
     start = time.perf_counter()
     for i in range(0, len(target_ids), chunk):
         ids = target_ids[i:i + chunk]
@@ -373,6 +364,9 @@ def maintain(c: psycopg.Connection, target_ids: list[int], chunk: int = 50) -> f
             c.execute(insert, {"ids": ids})
             c.execute("UPDATE targets SET population_status = 'populated', last_populated_at = now()"
                       " WHERE id = ANY(%s)", [ids])
+            c.execute("INSERT INTO pgsnap.target_state (target_id, catalogue_hash)"
+                      " SELECT t, pgsnap._snapshot_catalogue_hash(t) FROM unnest(%s::bigint[]) t"
+                      " ON CONFLICT (target_id) DO UPDATE SET catalogue_hash = excluded.catalogue_hash", [ids])
     return time.perf_counter() - start
 
 

@@ -335,7 +335,9 @@ BEGIN
     SELECT count(*) INTO v_rows FROM public.target_populations tp WHERE tp.target_id = p_target_id;
     IF p_changed > 0 AND p_changed * 10 >= greatest(
            (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'public.target_populations'::regclass), 1) THEN
-        ANALYZE public.target_populations;
+        -- the columns the sync's and populate's statements filter and join on: a fraction of
+        -- the cost of sampling the snapshots too
+        ANALYZE public.target_populations (target_id, target_band_id, me_file_id);
     END IF;
     RETURN v_rows;
 END;
