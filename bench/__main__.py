@@ -67,55 +67,88 @@ def _drop_database(maintenance_dsn: str, dbname: str) -> None:
 
 
 def format_table(report: dict) -> str:
-    """The human summary: one line per figure, then the ratios and the machine."""
+    """The human summary: one line per figure, then the ratios against their aims and the machine."""
     f, r = report["figures"], report["ratios"]
+
+    def ok(name):
+        fig = f.get(name) or {}
+        return fig if fig.get("status") == "ok" else None
 
     def line(label, fig, rows_key="rows", ratio=None, time_key="seconds"):
         if not fig or fig.get("status") != "ok":
             status = (fig or {}).get("status", "missing")
             detail = (fig or {}).get("reason") or (fig or {}).get("error") or ""
-            return f"{label:<34} {status}: {detail}"[:120]
+            return f"{label:<40} {status}: {detail}"[:120]
         seconds, rows = fig.get(time_key), fig.get(rows_key)
         per_s = f"{rows / seconds:>10,.0f}" if rows and seconds else f"{'-':>10}"
         ratio_s = f"{ratio:>8.2f}" if ratio is not None else f"{'':>8}"
-        return f"{label:<34} {seconds:>9.2f} {rows if rows is not None else '-':>10} {per_s} {ratio_s}"
+        return f"{label:<40} {seconds:>9.2f} {rows if rows is not None else '-':>10} {per_s} {ratio_s}"
 
-    out = [f"pgsnap bench, scale {report['scale']['name']} "
-           f"({report['scale']['me_files']:,} me_files, {report['setup']['dataset']['me_file_tags']:,} tags, "
-           f"{report['scale']['targets']} targets x 3 nested bands), seed {report['seed']}",
+    def latency(label, fig):
+        if not fig:
+            return f"    {label:<52} -"
+        return f"    {label:<52} {fig['p50_ms']:>9.3f} {fig['p95_ms']:>9.3f}"
+
+    s = report["scale"]
+    out = [f"pgsnap bench, scale {s['name']} ({s['me_files']:,} me_files, "
+           f"{report['setup']['dataset']['me_file_tags']:,} tags, {s['targets']} targets x 3 nested bands), "
+           f"seed {report['seed']}",
            "",
-           f"{'figure':<34} {'time s':>9} {'rows':>10} {'rows/s':>10} {'ratio':>8}",
+           f"{'figure':<40} {'time s':>9} {'rows':>10} {'rows/s':>10} {'ratio':>8}",
            line("(a) floor: memberships, no snapshot", f["a_floor"], ratio=1.0),
            line("(b) pgsnap.populate_target", f["b_populate"], ratio=r["b_over_a"]),
-           line("(c) peer (original, Python)", f["c_peer"], ratio=r["c_over_b"]),
+           line(f"(c) peer (original), {(f['c_peer'] or {}).get('targets', '?')} targets", f["c_peer"],
+                ratio=r["c_over_b"]),
            line("(d) no-op refresh (rows written)", f["d_noop_refresh"], rows_key="rows_written",
                 ratio=r["d_over_b"]),
            line("(f) backfill legacy NULLs", f["f_backfill"], ratio=r["f_over_fresh"]),
            line("(f) fresh populate, same targets", f["f_backfill"], rows_key="fresh_rows",
-                time_key="fresh_seconds")]
-    ratio_key = {"b_over_a": "(b)/(a)", "c_over_b": "(c)/(b)", "d_over_b": "(d)/(b)",
-                 "f_over_fresh": "(f)/fresh per row"}
-    c = f["c_peer"] or {}
-    if c.get("equal_to_pgsnap"):
+                time_key="fresh_seconds"),
+           line("(g) re-populate after a rename (written)", f["g_rename"], rows_key="rows_written"),
+           line("copy of a twin target", f["copy_vs_scan"], ratio=r["copy_over_scan"])]
+    c = ok("c_peer")
+    if c and c.get("equal_to_pgsnap"):
         eq = c["equal_to_pgsnap"]
-        out.append(f"{'(b) vs (c) rows and snapshots':<34} {'equal' if eq['equal'] else 'DIFFERENT'} "
+        out.append(f"{'(b) vs (c) rows and snapshots':<40} {'equal' if eq['equal'] else 'DIFFERENT'} "
                    f"({eq['pgsnap_rows']} vs {eq['peer_rows']} rows, {eq['mismatches']} mismatches)")
-    e = f["e_sync_latency"] or {}
-    out.append("")
-    if e.get("status") == "ok":
-        out.append(f"(e) single tag change ({e['statements']} statements each, probe trait "
-                   f"{e['probe_trait']!r})       p50 ms    p95 ms")
+    g = ok("g_rename")
+    if g:
+        out.append(f"{'(g) rows rewritten = snapshots changed':<40} {g['written_equals_changed']} "
+                   f"({g['rows_written']} written, {g['rows_with_changed_snapshot']} changed, "
+                   f"{g['stale_targets']} stale targets)")
+    out += ["", f"(e) single tag change {'':<33} p50 ms    p95 ms"]
+    e = ok("e_sync_latency")
+    if e:
         for key, run_ in e["runs"].items():
-            label = (f"{run_.get('maintained_targets', key)} maintained targets "
-                     f"({run_.get('referencing_probe_pct', 0):.1f}% reference it)"
-                     if key != "triggers_disabled" else "triggers disabled")
-            out.append(f"    {label:<52} {run_['p50_ms']:>9.3f} {run_['p95_ms']:>9.3f}")
-        out.append(f"    p95 ratio 1000 vs 100: {r['e_p95_1000_over_100']}")
+            label = (f"{run_['maintained_targets']} maintained targets ({run_['referencing_probe_pct']:.1f}% "
+                     f"use the trait)" if key != "triggers_disabled" else "triggers disabled")
+            out.append(latency(label, run_))
     else:
-        out.append(line("(e) sync latency", e))
+        out.append(line("(e) sync latency", f["e_sync_latency"]))
+    same, wide = ok("e_same_connection"), ok("e_wide_targets")
+    out.append(latency("on the connection that ran (b)", same))
+    fewest = min((wide or {}).get("rows_per_target", {"": 0}).values())
+    out.append(latency(f"3 wide targets using it, {fewest:,}+ rows each", wide))
+    h = ok("h_throughput")
+    if h:
+        out += ["", "(h) tag writes per second          triggers on   triggers off   on/off"]
+        for writers, run_ in h["runs"].items():
+            out.append(f"    {writers} writer(s) {'':<22} {run_['triggers_on']['statements_per_s']:>11,.0f} "
+                       f"{run_['triggers_off']['statements_per_s']:>14,.0f} {run_['on_over_off']:>8.2f}")
+    k = ok("counts_churn")
+    if k:
+        out += ["", f"counts: 8 writers on one band, p95 {k['without_reader']['p95_ms']:.3f} ms without a "
+                    f"band_counts reader, {k['with_reader']['p95_ms']:.3f} ms with one "
+                    f"({k['with_reader']['band_counts_reads']} reads); "
+                    f"{k['count_mismatches']} of {k['bands_checked']} bands differ from count(*)"]
     out.append("")
-    out.append("ratios: " + ", ".join(f"{ratio_key.get(k, k)} = {v}" for k, v in r.items()
-                                      if k in ratio_key))
+    aims = [("(b)/(a)", "b_over_a", "<= 2.0"), ("(c)/(b)", "c_over_b", ">= 5"),
+            ("(d)/(b)", "d_over_b", "<= 0.25"), ("(e) p95 1000/100", "e_p95_1000_over_100", "<= 1.5"),
+            ("(f)/fresh per row", "f_over_fresh", "<= 1.2"),
+            ("(h) on/off, 8 writers", "h_on_over_off_8", ">= 0.3"),
+            ("counts p95 with/without reader", "counts_p95_with_over_without", "<= 1.2"),
+            ("copy/scan", "copy_over_scan", "<= 0.25")]
+    out.append("ratios (aim): " + "; ".join(f"{label} = {r.get(key)} ({aim})" for label, key, aim in aims))
     m = report["machine"]
     out.append(f"peak RSS (Python): {report['peak_rss_mb']} MB; elapsed {report['elapsed_s']} s")
     out.append(f"machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gb']} GB, PostgreSQL {m['postgres']}; "

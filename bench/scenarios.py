@@ -1,6 +1,6 @@
-"""The benchmark scenarios (design.md section 8), each a small function over one dataset.
+"""The benchmark's run: one database, one generated dataset, every figure in one process.
 
-Order of a run (one database, one generated dataset):
+Order:
 
 * setup: legacy schema (``--to 0001.baseline-schema``), ``datagen.generate``, legacy rows with
   NULL snapshots in the *legacy* targets, ``migrate(backfill=False)`` (pgsnap deployed, NOT
@@ -9,12 +9,12 @@ Order of a run (one database, one generated dataset):
   pgsnap.backfill_missing_snapshots()``), then fresh population of the same targets;
 * finish the migration (NOT NULL enforced), ANALYZE;
 * (a) the floor: ``pgsnap.memberships`` rows inserted into a same-shaped table without
-  snapshots; (b) ``CALL pgsnap.populate_target``; (d) the same again (no-op refresh, rows
-  written counted from ``pg_stat_user_tables``); (c) the peer into the same emptied table, then
-  its rows and snapshots compared with (b)'s;
-* (e) single tag change latency with 100 and 1,000 maintained targets (the narrow targets
-  are brought to their populated state set-based, see ``maintain``), then with the
-  ``me_file_tags`` triggers disabled.
+  snapshots; (b) ``CALL pgsnap.populate_target`` of the same targets; (e) tag changes on
+  the connection that ran (b); (d) (b) again (no-op refresh, rows written counted from
+  ``pg_stat_user_tables``); copy vs. scan and (g) rename (``bench.catalogue``); (c) the
+  original's algorithm (``bench.peer``) into the emptied rows, compared with (b)'s;
+* (e) sync latency with 100 and 1,000 maintained targets and with 3 wide targets, (h)
+  throughput and the counts under churn (``bench.sync``).
 
 A scenario whose SQL objects do not exist is reported ``unavailable``; one that raises is
 reported ``failed`` with the error, and the run goes on.
@@ -24,117 +24,35 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from bench import peer
+from bench import catalogue, peer, sync
+from bench.common import (
+    SCALES,
+    Context,
+    Scale,
+    Unavailable,
+    call_populate,
+    delete_populations,
+    peak_rss_mb,
+    population_rows,
+    rate,
+    ratio,
+    require,
+    table_writes,
+)
 from pgsnap import deploy
 from pgsnap.demo import datagen
 
+__all__ = ["FIGURES", "SCALES", "Context", "run", "run_scenario", "table_writes"]
+
 #: every figure a run reports, in order (the test checks the JSON has each)
-FIGURES = ("a_floor", "b_populate", "c_peer", "d_noop_refresh", "e_sync_latency",
-           "f_backfill")
-
-
-@dataclass(frozen=True)
-class Scale:
-    name: str
-    me_files: int
-    targets: int = 10           # main targets: (a)-(d)
-    legacy_targets: int = 2     # targets holding the legacy rows: (f)
-    maintained: tuple[int, ...] = (100, 1000)   # (e): maintained targets per measurement
-    sync_statements: int = 300  # (e): single-row statements per measurement
-
-
-SCALES = {
-    "tiny": Scale("tiny", 2_000, sync_statements=100),
-    "small": Scale("small", 20_000),
-    "medium": Scale("medium", 200_000),
-    "large": Scale("large", 1_000_000),
-}
-
-
-#: (e): me_files whose two statements run first, unmeasured, in each configuration
-WARMUP = 5
-
-
-class Unavailable(Exception):
-    """A scenario's SQL objects do not exist (yet)."""
-
-
-@dataclass
-class Context:
-    dsn: str
-    conn: psycopg.Connection
-    scale: Scale
-    seed: int
-    log: Callable[[str], None]
-    dataset: datagen.Dataset | None = None
-    legacy: dict[str, Any] = field(default_factory=dict)
-    main: list[int] = field(default_factory=list)
-    legacy_ids: list[int] = field(default_factory=list)
-    narrow: list[int] = field(default_factory=list)
-    results: dict[str, Any] = field(default_factory=dict)
-
-
-# -- helpers -------------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak resident set size of this Python process so far (ru_maxrss is in KiB on Linux)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def require(conn: psycopg.Connection, *signatures: str) -> None:
-    missing = [s for s in signatures
-               if conn.execute("SELECT to_regprocedure(%s) IS NULL", [s]).fetchone()[0]]
-    if missing:
-        raise Unavailable("missing " + ", ".join(missing))
-
-
-def call_populate(conn: psycopg.Connection, target_ids: list[int]) -> float:
-    """CALL pgsnap.populate_target for each target (autocommit: commits per batch); seconds."""
-    start = time.perf_counter()
-    for target_id in target_ids:
-        conn.execute("CALL pgsnap.populate_target(%s)", [target_id])
-    return time.perf_counter() - start
-
-
-def population_rows(conn: psycopg.Connection, target_ids: list[int]) -> int:
-    return conn.execute(
-        "SELECT count(*) FROM target_populations tp JOIN target_bands b ON b.id = tp.target_band_id"
-        " WHERE b.target_id = ANY(%s)", [target_ids]).fetchone()[0]
-
-
-def table_writes(conn: psycopg.Connection, table: str) -> int:
-    """Rows inserted + updated + deleted in `table` so far, as the statistics system counts them.
-
-    pg_stat_force_next_flush() makes this backend publish its pending counters as soon as the
-    statement ends, so the next statement reads figures that include our own work."""
-    conn.execute("SELECT pg_stat_force_next_flush()")
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    return conn.execute(
-        "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relid = %s::regclass",
-        [table]).fetchone()[0]
-
-
-def rate(rows: int, seconds: float) -> float | None:
-    return round(rows / seconds, 1) if seconds > 0 else None
-
-
-def ratio(x: float | None, y: float | None) -> float | None:
-    return round(x / y, 3) if x is not None and y else None
-
-
-def delete_populations(conn: psycopg.Connection, target_ids: list[int]) -> None:
-    conn.execute("DELETE FROM target_populations tp USING target_bands b"
-                 " WHERE b.id = tp.target_band_id AND b.target_id = ANY(%s)", [target_ids])
-    conn.execute("VACUUM (ANALYZE) target_populations")
+FIGURES = ("a_floor", "b_populate", "e_same_connection", "d_noop_refresh", "g_rename", "copy_vs_scan",
+           "c_peer", "e_sync_latency", "e_wide_targets", "h_throughput", "counts_churn", "f_backfill")
 
 
 # -- setup ---------------------------------------------------------------------------------------
@@ -220,19 +138,15 @@ def f_backfill(ctx: Context) -> dict[str, Any]:
 # -- (a) floor, (b) populate, (d) no-op refresh, (c) peer ---------------------------------------
 def a_floor(ctx: Context) -> dict[str, Any]:
     """Membership rows without snapshots into a table shaped like target_populations."""
-    require(ctx.conn, "pgsnap.memberships(bigint[],bigint[])")
+    require(ctx.conn, "pgsnap.memberships(bigint[])")
     c = ctx.conn
     c.execute("CREATE SCHEMA IF NOT EXISTS bench")
     c.execute("DROP TABLE IF EXISTS bench.floor")
     c.execute("CREATE TABLE bench.floor (LIKE public.target_populations"
               " INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)")
     c.execute("ALTER TABLE bench.floor DROP COLUMN matching_tags_snapshot")
-    has_target_id = c.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'bench.floor'::regclass"
-        " AND attname = 'target_id' AND NOT attisdropped)").fetchone()[0]
-    columns = "target_id, target_band_id, me_file_id" if has_target_id else "target_band_id, me_file_id"
-    insert = sql.SQL("INSERT INTO bench.floor ({cols}) SELECT {cols} FROM pgsnap.memberships(%s, NULL)"
-                     ).format(cols=sql.SQL(columns))
+    insert = ("INSERT INTO bench.floor (target_id, target_band_id, me_file_id)"
+              " SELECT target_id, target_band_id, me_file_id FROM pgsnap.memberships(%s)")
     t0 = time.perf_counter()
     rows = 0
     for target_id in ctx.main:
@@ -245,9 +159,12 @@ def a_floor(ctx: Context) -> dict[str, Any]:
 
 def b_populate(ctx: Context) -> dict[str, Any]:
     require(ctx.conn, "pgsnap.populate_target(bigint,integer)")
-    seconds = call_populate(ctx.conn, ctx.main)
+    for target_id in ctx.main:
+        ctx.populate_seconds[target_id] = round(call_populate(ctx.conn, [target_id]), 3)
+    seconds = sum(ctx.populate_seconds.values())
     rows = population_rows(ctx.conn, ctx.main)
-    return {"seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds)}
+    return {"seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds),
+            "per_target_s": {str(k): v for k, v in ctx.populate_seconds.items()}}
 
 
 def d_noop_refresh(ctx: Context) -> dict[str, Any]:
@@ -269,28 +186,34 @@ def d_noop_refresh(ctx: Context) -> dict[str, Any]:
 
 
 def c_peer(ctx: Context) -> dict[str, Any]:
-    """The original's algorithm on the same data, same table and indexes, from empty."""
+    """The original's algorithm on the same data, same table and indexes, from empty; on the
+    first `peer_targets` main targets (it is slow: at large scale, a few), compared per row."""
     c = ctx.conn
+    targets = ctx.main[: ctx.scale.peer_targets]
     compare = ctx.results.get("b_populate", {}).get("status") == "ok"
     if compare:
         c.execute("DROP TABLE IF EXISTS bench.pgsnap_rows")
         c.execute("CREATE SCHEMA IF NOT EXISTS bench")
         c.execute("CREATE TABLE bench.pgsnap_rows AS SELECT tp.target_band_id, tp.me_file_id,"
                   " tp.matching_tags_snapshot FROM target_populations tp JOIN target_bands b"
-                  " ON b.id = tp.target_band_id WHERE b.target_id = ANY(%s)", [ctx.main])
-    delete_populations(c, ctx.main)
+                  " ON b.id = tp.target_band_id WHERE b.target_id = ANY(%s)", [targets])
+    delete_populations(c, targets)
     runs = []
     t0 = time.perf_counter()
     with psycopg.connect(ctx.dsn, autocommit=True) as peer_conn:
-        for target_id in ctx.main:
+        for target_id in targets:
             runs.append(peer.populate_target(peer_conn, target_id))
     seconds = time.perf_counter() - t0
-    rows = population_rows(c, ctx.main)
+    rows = population_rows(c, targets)
     out: dict[str, Any] = {
         "seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds),
         "inserted": sum(r.inserted for r in runs), "batches": sum(r.batches for r in runs),
-        "queries": sum(r.queries for r in runs),
+        "queries": sum(r.queries for r in runs), "targets": len(targets),
     }
+    if compare:   # pgsnap's time for the same targets in (b)
+        b_seconds = sum(ctx.populate_seconds[t] for t in targets)
+        out["pgsnap_seconds_same_targets"] = round(b_seconds, 3)
+        out["over_pgsnap_same_targets"] = ratio(seconds, b_seconds)
     if compare:
         pgsnap_rows, peer_rows, mismatches = c.execute(
             """SELECT (SELECT count(*) FROM bench.pgsnap_rows), count(p.me_file_id),
@@ -300,119 +223,11 @@ def c_peer(ctx: Context) -> dict[str, Any]:
                  FULL JOIN (SELECT tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot
                               FROM target_populations tp JOIN target_bands b ON b.id = tp.target_band_id
                              WHERE b.target_id = ANY(%s)) p
-                   USING (target_band_id, me_file_id)""", [ctx.main]).fetchone()
+                   USING (target_band_id, me_file_id)""", [targets]).fetchone()
         out["equal_to_pgsnap"] = {"pgsnap_rows": pgsnap_rows, "peer_rows": peer_rows,
                                   "mismatches": mismatches,
                                   "equal": mismatches == 0 and pgsnap_rows == peer_rows}
     return out
-
-
-# -- (e) sync latency ----------------------------------------------------------------------------
-def e_sync_latency(ctx: Context) -> dict[str, Any]:
-    require(ctx.conn, "pgsnap.memberships(bigint[],bigint[])", "pgsnap.build_snapshot(bigint,bigint)")
-    c = ctx.conn
-    if not c.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'me_file_tags'::regclass"
-                     " AND NOT tgisinternal").fetchone()[0]:
-        raise Unavailable("no triggers on me_file_tags")
-    probe = ctx.dataset.probe_trait_id
-    probe_name = c.execute("SELECT trait_name FROM traits WHERE id = %s", [probe]).fetchone()[0]
-    me_files = [r[0] for r in c.execute(
-        "SELECT m.id FROM me_files m WHERE NOT EXISTS (SELECT 1 FROM me_file_tags t"
-        " WHERE t.me_file_id = m.id AND t.trait_id = %s) ORDER BY hashint8(m.id), m.id LIMIT %s",
-        [probe, ctx.scale.sync_statements // 2 + WARMUP])]
-    out: dict[str, Any] = {"probe_trait": probe_name, "statements": 2 * (len(me_files) - WARMUP),
-                           "warmup_statements": 2 * WARMUP, "runs": {}}
-    populated = 0
-    for maintained in ctx.scale.maintained:
-        want = maintained - _maintained(c)
-        batch = ctx.narrow[populated: populated + max(want, 0)]
-        ctx.log(f"e_sync_latency: bringing {len(batch)} more targets to populated ...")
-        t_pop = maintain(c, batch)
-        c.execute("VACUUM (ANALYZE) target_populations")  # no autovacuum run amid the timings
-        populated += len(batch)
-        out["runs"][str(maintained)] = {
-            **_tag_changes(c, me_files, probe, probe_name),
-            "maintained_targets": _maintained(c),
-            "referencing_probe_pct": _referencing_pct(c, probe),
-            "setup_s": round(t_pop, 3), "narrow_populated": len(batch),
-        }
-    c.execute("ALTER TABLE me_file_tags DISABLE TRIGGER USER")
-    try:
-        out["runs"]["triggers_disabled"] = _tag_changes(c, me_files, probe, probe_name)
-    finally:
-        c.execute("ALTER TABLE me_file_tags ENABLE TRIGGER USER")
-    low, high = (out["runs"][str(m)]["p95_ms"] for m in (min(ctx.scale.maintained),
-                                                         max(ctx.scale.maintained)))
-    out["ratio_p95_high_vs_low"] = ratio(high, low)
-    return out
-
-
-def maintain(c: psycopg.Connection, target_ids: list[int], chunk: int = 50) -> float:
-    """Bring targets to the state populate_target leaves them in, set-based: the rule's rows
-    (pgsnap.memberships) with the builder's snapshots, status populated. The same functions
-    populate uses, in a few big statements: setting up 1,000 maintained targets through 1,000
-    CALLs would dominate the run at medium scale. Returns seconds."""
-    # the builder's set-based form when this pgsnap has it, else the contract's per-row form
-    set_based = c.execute(
-        "SELECT to_regprocedure('pgsnap.snapshots(bigint[],bigint[])') IS NOT NULL").fetchone()[0]
-    insert = """
-        WITH m AS (SELECT * FROM pgsnap.memberships(%(ids)s, NULL))
-        INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
-        SELECT m.target_band_id, m.me_file_id, s.snapshot
-          FROM m
-          JOIN pgsnap.snapshots((SELECT array_agg(me_file_id) FROM m),
-                                (SELECT array_agg(target_band_id) FROM m)) s
-         USING (me_file_id, target_band_id)""" if set_based else """
-        INSERT INTO target_populations (target_band_id, me_file_id, matching_tags_snapshot)
-        SELECT m.target_band_id, m.me_file_id, pgsnap.build_snapshot(m.me_file_id, m.target_band_id)
-          FROM pgsnap.memberships(%(ids)s, NULL) m"""
-    start = time.perf_counter()
-    for i in range(0, len(target_ids), chunk):
-        ids = target_ids[i:i + chunk]
-        with c.transaction():
-            c.execute(insert, {"ids": ids})
-            c.execute("UPDATE targets SET population_status = 'populated', last_populated_at = now()"
-                      " WHERE id = ANY(%s)", [ids])
-    return time.perf_counter() - start
-
-
-def _tag_changes(c: psycopg.Connection, me_files: list[int], probe: int, name: str) -> dict[str, Any]:
-    """One INSERT then one DELETE of the probe tag per me_file, each its own transaction; the
-    first WARMUP me_files' statements are not counted (plan caches of a fresh session)."""
-    timings = []
-    for i, me_file_id in enumerate(me_files):
-        for statement, params in (
-            ("INSERT INTO me_file_tags (me_file_id, trait_id, tag_value) VALUES (%s, %s, %s)",
-             [me_file_id, probe, name]),
-            ("DELETE FROM me_file_tags WHERE me_file_id = %s AND trait_id = %s", [me_file_id, probe]),
-        ):
-            t0 = time.perf_counter()
-            c.execute(statement, params)
-            if i >= WARMUP:
-                timings.append((time.perf_counter() - t0) * 1000)
-    if not timings:
-        return {"n": 0, "p50_ms": None, "p95_ms": None}
-    q = statistics.quantiles(timings, n=100, method="inclusive")
-    return {"n": len(timings), "p50_ms": round(statistics.median(timings), 3),
-            "p95_ms": round(q[94], 3), "mean_ms": round(statistics.fmean(timings), 3),
-            "max_ms": round(max(timings), 3)}
-
-
-def _maintained(c: psycopg.Connection) -> int:
-    return c.execute("SELECT count(*) FROM targets"
-                     " WHERE population_status IN ('populating', 'populated')").fetchone()[0]
-
-
-def _referencing_pct(c: psycopg.Connection, trait_id: int) -> float:
-    return float(c.execute(
-        """SELECT round(100.0 * count(DISTINCT b.target_id) / nullif((SELECT count(*) FROM targets
-                         WHERE population_status IN ('populating', 'populated')), 0), 2)
-             FROM trait_group_traits gt
-             JOIN target_band_trait_groups bg ON bg.trait_group_id = gt.trait_group_id
-             JOIN target_bands b ON b.id = bg.target_band_id
-             JOIN targets t ON t.id = b.target_id
-            WHERE gt.trait_id = %s AND t.population_status IN ('populating', 'populated')""",
-        [trait_id]).fetchone()[0] or 0)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -445,8 +260,11 @@ def run(dsn: str, scale: Scale, seed: int = 1,
         log("finishing the migration ...")
         report["setup"]["finish"] = finish_migration(ctx)
         for name, fn in (("a_floor", a_floor), ("b_populate", b_populate),
-                         ("d_noop_refresh", d_noop_refresh), ("c_peer", c_peer),
-                         ("e_sync_latency", e_sync_latency)):
+                         ("e_same_connection", sync.e_same_connection),
+                         ("d_noop_refresh", d_noop_refresh), ("copy_vs_scan", catalogue.copy_vs_scan),
+                         ("g_rename", catalogue.g_rename), ("c_peer", c_peer),
+                         ("e_sync_latency", sync.e_sync_latency), ("e_wide_targets", sync.e_wide_targets),
+                         ("h_throughput", sync.h_throughput), ("counts_churn", sync.counts_churn)):
             run_scenario(ctx, name, fn)
         report["figures"] = {name: ctx.results.get(name) for name in FIGURES}
         report["ratios"] = ratios(ctx.results)
@@ -462,14 +280,21 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         fig = r.get(name) or {}
         return fig.get("seconds") if fig.get("status") == "ok" else None
 
-    e = (r.get("e_sync_latency") or {})
-    f = (r.get("f_backfill") or {})
+    def ok(name: str) -> dict[str, Any]:
+        fig = r.get(name) or {}
+        return fig if fig.get("status") == "ok" else {}
+
+    h = ok("h_throughput").get("runs", {})
     return {
         "b_over_a": ratio(secs("b_populate"), secs("a_floor")),
-        "c_over_b": ratio(secs("c_peer"), secs("b_populate")),
+        "c_over_b": ok("c_peer").get("over_pgsnap_same_targets"),
         "d_over_b": ratio(secs("d_noop_refresh"), secs("b_populate")),
-        "e_p95_1000_over_100": e.get("ratio_p95_high_vs_low") if e.get("status") == "ok" else None,
-        "f_over_fresh": f.get("ratio_per_row_vs_fresh") if f.get("status") == "ok" else None,
+        "e_p95_1000_over_100": ok("e_sync_latency").get("ratio_p95_high_vs_low"),
+        "f_over_fresh": ok("f_backfill").get("ratio_per_row_vs_fresh"),
+        "h_on_over_off_1": h.get("1", {}).get("on_over_off"),
+        "h_on_over_off_8": h.get("8", {}).get("on_over_off"),
+        "counts_p95_with_over_without": ok("counts_churn").get("p95_with_over_without"),
+        "copy_over_scan": ok("copy_vs_scan").get("copy_over_scan"),
     }
 
 

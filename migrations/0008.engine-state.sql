@@ -19,6 +19,12 @@ CREATE TABLE pgsnap.band_traits (
     full_mask      varbit  NOT NULL,   -- every group of the band: all ones
     in_snapshot    boolean NOT NULL,   -- the trait has a parent, so its tags appear in snapshots
     trait_name     text    NOT NULL,   -- what a snapshot shows for a blank tag value
+    -- the rest of what a snapshot shows of the trait and its parent, so the builder reads no
+    -- other table
+    trait_order     integer NOT NULL,
+    parent_trait_id bigint,
+    parent_name     text,
+    parent_order    integer,
     PRIMARY KEY (trait_id, target_band_id)
 );
 CREATE INDEX band_traits_target_id_idx ON pgsnap.band_traits (target_id, target_band_id);

@@ -39,8 +39,9 @@ COMMENT ON VIEW pgsnap.catalogue_bands IS
 
 -- Per (band, trait of one of its groups): the groups holding the trait as bits (one per group,
 -- by group id), the band's full mask, whether the trait's tags appear in snapshots (it has a
--- parent), and its name (what a snapshot shows for a blank value). A band with an empty group keeps its other groups' traits (its snapshots list
--- them) but can never be satisfied: no trait sets the empty group's bit.
+-- parent), and what a snapshot shows of the trait and its parent. A band with an empty group
+-- keeps its other groups' traits (its snapshots list them) but can never be satisfied: no
+-- trait sets the empty group's bit.
 CREATE OR REPLACE VIEW pgsnap.catalogue_band_traits AS
 WITH ranked AS (
     SELECT bg.target_band_id, bg.trait_group_id,
@@ -50,13 +51,14 @@ WITH ranked AS (
 SELECT gt.trait_id, b.target_band_id, b.target_id, b.tier,
        bit_or((repeat('0', r.k) || '1' || repeat('0', b.n_groups - r.k - 1))::varbit) AS bits,
        repeat('1', b.n_groups)::varbit AS full_mask,
-       bool_or(t.parent_trait_id IS NOT NULL) AS in_snapshot,
-       min(t.trait_name) AS trait_name
+       t.parent_trait_id IS NOT NULL AS in_snapshot, t.trait_name, t.display_order AS trait_order,
+       t.parent_trait_id, p.trait_name AS parent_name, p.display_order AS parent_order
   FROM pgsnap.catalogue_bands b
   JOIN ranked r ON r.target_band_id = b.target_band_id
   JOIN public.trait_group_traits gt ON gt.trait_group_id = r.trait_group_id
   JOIN public.traits t ON t.id = gt.trait_id
- GROUP BY gt.trait_id, b.target_band_id, b.target_id, b.tier, b.n_groups;
+  LEFT JOIN public.traits p ON p.id = t.parent_trait_id
+ GROUP BY gt.trait_id, b.target_band_id, b.target_id, b.tier, b.n_groups, t.id, p.id;
 COMMENT ON VIEW pgsnap.catalogue_band_traits IS
     'The rule''s view of the live catalogue, one row per band and trait; pgsnap.band_traits is it compiled.';
 
@@ -83,15 +85,13 @@ BEGIN
         RETURNING 1
     )
     INSERT INTO pgsnap.band_traits AS bt
-           (trait_id, target_band_id, target_id, tier, bits, full_mask, in_snapshot, trait_name)
-    SELECT d.trait_id, d.target_band_id, d.target_id, d.tier, d.bits, d.full_mask, d.in_snapshot, d.trait_name
-      FROM desired d
+    SELECT d.* FROM desired d
     ON CONFLICT (trait_id, target_band_id) DO UPDATE
        SET target_id = EXCLUDED.target_id, tier = EXCLUDED.tier, bits = EXCLUDED.bits,
-           full_mask = EXCLUDED.full_mask, in_snapshot = EXCLUDED.in_snapshot, trait_name = EXCLUDED.trait_name
-     WHERE (bt.target_id, bt.tier, bt.bits, bt.full_mask, bt.in_snapshot, bt.trait_name)
-           IS DISTINCT FROM (EXCLUDED.target_id, EXCLUDED.tier, EXCLUDED.bits, EXCLUDED.full_mask,
-                             EXCLUDED.in_snapshot, EXCLUDED.trait_name);
+           full_mask = EXCLUDED.full_mask, in_snapshot = EXCLUDED.in_snapshot, trait_name = EXCLUDED.trait_name,
+           trait_order = EXCLUDED.trait_order, parent_trait_id = EXCLUDED.parent_trait_id,
+           parent_name = EXCLUDED.parent_name, parent_order = EXCLUDED.parent_order
+     WHERE bt IS DISTINCT FROM EXCLUDED;
 
     UPDATE public.target_bands b
        SET tier = c.tier, definition_hash = c.definition_hash
@@ -229,34 +229,25 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_targets   bigint[];
-    v_recompile bigint[];
-    v_what      text;
+    v_targets bigint[];
+    v_what    text;
 BEGIN
     WITH changed AS (
-        SELECT n.id, (o.parent_trait_id, o.trait_name) IS DISTINCT FROM (n.parent_trait_id, n.trait_name)
-                     AS recompile
+        SELECT n.id
           FROM new_rows n JOIN old_rows o ON o.id = n.id
          WHERE (o.trait_name, o.display_order, o.parent_trait_id)
                IS DISTINCT FROM (n.trait_name, n.display_order, n.parent_trait_id)
     ),
     affected AS (   -- the changed trait as a band trait, or as the parent of band traits
-        SELECT bt.target_id, c.id, c.recompile
-          FROM changed c JOIN pgsnap.band_traits bt ON bt.trait_id = c.id
+        SELECT bt.target_id, c.id FROM changed c JOIN pgsnap.band_traits bt ON bt.trait_id = c.id
         UNION
-        SELECT bt.target_id, c.id, false
-          FROM changed c
-          JOIN public.traits child ON child.parent_trait_id = c.id
-          JOIN pgsnap.band_traits bt ON bt.trait_id = child.id
+        SELECT bt.target_id, c.id FROM changed c JOIN pgsnap.band_traits bt ON bt.parent_trait_id = c.id
     )
-    SELECT array_agg(DISTINCT a.target_id), array_agg(DISTINCT a.target_id) FILTER (WHERE a.recompile),
-           string_agg(DISTINCT a.id::text, ', ')
-      INTO v_targets, v_recompile, v_what
+    SELECT array_agg(DISTINCT a.target_id), string_agg(DISTINCT a.id::text, ', ')
+      INTO v_targets, v_what
       FROM affected a;
-    IF v_recompile IS NOT NULL THEN   -- whether its tags show in snapshots, and its name
-        PERFORM pgsnap._compile(v_recompile);
-    END IF;
-    IF v_targets IS NOT NULL THEN
+    IF v_targets IS NOT NULL THEN   -- band_traits holds the names, orders and parents snapshots show
+        PERFORM pgsnap._compile(v_targets);
         PERFORM pgsnap._mark_stale(v_targets, 'snapshot', 'trait ' || v_what || ' renamed, reordered or re-parented');
     END IF;
     RETURN NULL;
@@ -283,6 +274,37 @@ BEGIN
         EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON public.%I REFERENCING %s'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION pgsnap.%I()',
                        r.tbl || '_catalogue_' || lower(r.op), r.op, r.tbl, r.refs, r.fn);
+    END LOOP;
+END;
+$$;
+
+-- TRUNCATE fires no row or statement DELETE trigger: recompile everything (the catalogue has
+-- no rows to speak of then) and mark every maintained target.
+CREATE OR REPLACE FUNCTION pgsnap._catalogue_truncated()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(t.id) FROM public.targets t WHERE t.population_status IN ('populating', 'populated')),
+        TG_TABLE_NAME || ' truncated%s', NULL);
+    PERFORM pgsnap._compile(NULL);
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+DECLARE
+    v_table text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['traits', 'trait_groups', 'trait_group_traits', 'targets', 'target_bands',
+                                   'target_band_trait_groups'] LOOP
+        -- fixed names only: nothing here comes from input
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON public.%I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated()',
+                       v_table || '_catalogue_truncate', v_table);
     END LOOP;
 END;
 $$;

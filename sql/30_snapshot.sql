@@ -4,7 +4,10 @@
 -- from the me_file's tags whose trait belongs to one of the band's groups and has a parent;
 -- parents by display_order then id, children likewise; a blank value shows the trait's name.
 --
--- The nested arrays are built as json (text, cheap to concatenate) and cast to jsonb once.
+-- Written as JSON text in one ordered pass and cast to jsonb once: each tag contributes its
+-- child entry, preceded by its parent's opening when it is the first of its parent (a window
+-- over the same order). One sort instead of two nested aggregations; to_json quotes the
+-- strings. pgsnap.band_traits carries every name and order shown, so no other table is read.
 
 CREATE OR REPLACE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[])
 RETURNS TABLE (me_file_id bigint, target_band_id bigint, snapshot jsonb)
@@ -14,25 +17,27 @@ BEGIN ATOMIC
         SELECT DISTINCT u.me_file_id, u.band_id
           FROM unnest(p_me_file_ids, p_band_ids) AS u(me_file_id, band_id)
     ),
-    parents AS (   -- per pair and parent: the children, in order
-        SELECT p.me_file_id, p.band_id, c.parent_trait_id,
-               json_agg(json_build_array(c.id, coalesce(nullif(t.tag_value, ''), c.trait_name), c.display_order)
-                        ORDER BY c.display_order, c.id) AS children
+    shown AS (   -- one row per tag shown: its text, and where it sorts
+        SELECT p.me_file_id, p.band_id, m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id,
+               CASE WHEN lag(m.parent_trait_id) OVER w IS NOT DISTINCT FROM m.parent_trait_id THEN ','
+                    ELSE CASE WHEN lag(m.parent_trait_id) OVER w IS NULL THEN '[' ELSE ']],[' END
+                         || m.parent_trait_id || ',' || to_json(m.parent_name) || ',' || m.parent_order || ',['
+               END
+               || '[' || m.trait_id || ',' || to_json(coalesce(nullif(t.tag_value, ''), m.trait_name))
+               || ',' || m.trait_order || ']' AS piece
           FROM pairs p
           JOIN public.me_file_tags t ON t.me_file_id = p.me_file_id
           JOIN pgsnap.band_traits m ON m.trait_id = t.trait_id AND m.target_band_id = p.band_id
-          JOIN public.traits c ON c.id = t.trait_id
          WHERE m.in_snapshot
-         GROUP BY p.me_file_id, p.band_id, c.parent_trait_id
+        WINDOW w AS (PARTITION BY p.me_file_id, p.band_id
+                     ORDER BY m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id)
     )
     SELECT p.me_file_id, p.band_id,
-           json_build_object('tags', coalesce(
-               json_agg(json_build_array(pt.id, pt.trait_name, pt.display_order, x.children)
-                        ORDER BY pt.display_order, pt.id) FILTER (WHERE pt.id IS NOT NULL),
-               '[]'::json))::jsonb
+           ('{"tags":[' || coalesce(string_agg(x.piece, '' ORDER BY x.parent_order, x.parent_trait_id,
+                                                           x.trait_order, x.trait_id) || ']]', '')
+            || ']}')::jsonb
       FROM pairs p
-      LEFT JOIN (parents x JOIN public.traits pt ON pt.id = x.parent_trait_id)
-             ON x.me_file_id = p.me_file_id AND x.band_id = p.band_id
+      LEFT JOIN shown x ON x.me_file_id = p.me_file_id AND x.band_id = p.band_id
      GROUP BY p.me_file_id, p.band_id;
 END;
 COMMENT ON FUNCTION pgsnap.snapshots(bigint[], bigint[]) IS
@@ -55,10 +60,11 @@ RETURNS bigint
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT coalesce(bit_xor(hashtextextended(
-               concat_ws(E'\x1f', c.id, c.trait_name, c.display_order, pt.id, pt.trait_name, pt.display_order),
+               concat_ws(E'\x1f', x.trait_id, x.trait_name, x.trait_order, x.parent_trait_id, x.parent_name,
+                         x.parent_order),
                1)), 0)   -- seed 1: the snapshot format's version
-      FROM (SELECT DISTINCT bt.trait_id FROM pgsnap.band_traits bt
-             WHERE bt.target_id = p_target_id AND bt.in_snapshot) x
-      JOIN public.traits c ON c.id = x.trait_id
-      JOIN public.traits pt ON pt.id = c.parent_trait_id;
+      FROM (SELECT DISTINCT bt.trait_id, bt.trait_name, bt.trait_order, bt.parent_trait_id, bt.parent_name,
+                            bt.parent_order
+              FROM pgsnap.band_traits bt
+             WHERE bt.target_id = p_target_id AND bt.in_snapshot) x;
 END;

@@ -29,7 +29,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_state pgsnap.target_state;
+    v_state         pgsnap.target_state;
+    v_was_populated boolean;
 BEGIN
     IF p_target_id IS NULL OR NOT EXISTS (SELECT 1 FROM public.targets t WHERE t.id = p_target_id) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
@@ -45,6 +46,7 @@ BEGIN
 
     -- launch_campaign reads the status under the shared form of this lock
     PERFORM pg_advisory_xact_lock(pgsnap.lock_key('target:' || p_target_id));
+    SELECT t.population_status = 'populated' INTO v_was_populated FROM public.targets t WHERE t.id = p_target_id;
     UPDATE public.targets t
        SET population_status = CASE WHEN EXISTS (SELECT 1 FROM public.target_bands b WHERE b.target_id = t.id)
                                     THEN 'populating' ELSE 'not_populated' END
@@ -67,8 +69,12 @@ BEGIN
        SET run_pid = pg_backend_pid(), run_backend_start = pgsnap._backend_start(),
            run_started_at = claimed_at, changed_by = pg_current_xact_id()
      WHERE s.target_id = p_target_id;
-    SELECT w.source_target_id, w.source_bands, w.bands INTO source_target_id, source_bands, bands
-      FROM pgsnap._populate_twin(p_target_id) w;
+    -- only a target never populated is copied: re-populating one is re-deriving it from the
+    -- rule, which also repairs rows its twin may share a fault with
+    IF NOT v_was_populated THEN
+        SELECT w.source_target_id, w.source_bands, w.bands INTO source_target_id, source_bands, bands
+          FROM pgsnap._populate_twin(p_target_id) w;
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION pgsnap._populate_start(bigint) IS
@@ -329,7 +335,9 @@ BEGIN
     SELECT count(*) INTO v_rows FROM public.target_populations tp WHERE tp.target_id = p_target_id;
     IF p_changed > 0 AND p_changed * 10 >= greatest(
            (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'public.target_populations'::regclass), 1) THEN
-        ANALYZE public.target_populations;
+        -- the columns the sync's and populate's statements filter and join on: a fraction of
+        -- the cost of sampling the snapshots too
+        ANALYZE public.target_populations (target_id, target_band_id, me_file_id);
     END IF;
     RETURN v_rows;
 END;

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from pgsnap import deploy
 from tests import helpers as h
 from tests.legacy_data import (
     C1,
@@ -32,6 +33,7 @@ from tests.legacy_data import (
     row_xmins,
     runs,
     set_populated,
+    snapshot_constraints,
     snapshots,
 )
 
@@ -358,7 +360,8 @@ def test_killed_run_then_rerun_fills_every_row_once_and_marks_the_killed_run_fai
         assert h.value(conn, "SELECT finished_at IS NOT NULL FROM pgsnap.backfill_runs"
                              " WHERE id = %s", (run_id,))
         # every row filled exactly once: the two runs' counts add up, earlier rows were not rewritten
-        assert all(r[2:5] for r in recorded)
+        assert [r[2:5] for r in recorded] == [(10 * k,) * 3, (0, 0, 0), (rest,) * 3]
+        assert 10 * k + rest == N_KILL
         for table in SNAPSHOT_TABLES:
             now = row_xmins(conn, table)
             assert {i: now[i] for i in filled_then[table]} == xmins_then[table], table
@@ -560,3 +563,54 @@ def test_legacy_offer_and_event_rows_the_original_never_repaired(empty_db_dsn):
         assert set(map(str, snapshots(conn, "offers").values())) == {str(STALE)}
         assert set(map(str, snapshots(conn, "ad_events").values())) == {str(STALE)}
         assert runs(conn) == [("succeeded", 1, 0, 3, 3, None)]
+
+
+# -- the original's flat format ------------------------------------------------------------------
+FLAT = {"tags": [{"trait_id": 3, "trait_name": "Female", "parent_trait_id": 1}],
+        "snapshot_at": "2025-11-01T00:00:00Z"}
+
+
+def seed_flat(conn):
+    """T1 as the original left it: rows whose snapshot is in its old flat format, at all three levels."""
+    h.seed_worked_example(conn)
+    set_populated(conn, h.T1)
+    add_population(conn, 1, h.B1, h.M1, FLAT)
+    add_population(conn, 2, h.B2, h.M2, h.snapshot([1, "Sex (Biological)", 1, [[3, "Female", 2]]],
+                                                   [4, "Home Zip Code", 1, [[101, "02140", 2140]]]))
+    add_campaign(conn, C1, h.T1)
+    add_offer(conn, 1, C1, h.M1, h.B1, FLAT)
+    add_ad_event(conn, 1, 1, h.M1, h.B1, FLAT)
+    return {"target_populations": {1: FLAT, 2: None}, "offers": {1: FLAT}, "ad_events": {1: FLAT}}
+
+
+def shape_violations(conn):
+    return dict(h.rows(conn, "SELECT check_name, violations FROM pgsnap.check_invariants()"
+                             " WHERE check_name LIKE 'snapshot_shape:%'"))
+
+
+def test_the_originals_flat_format_is_rebuilt_by_the_journey_and_refused_after(empty_db_dsn):
+    legacy_database(empty_db_dsn, seed_flat)
+    with connect(empty_db_dsn) as conn:
+        assert shape_violations(conn) == {"snapshot_shape:target_populations": 1, "snapshot_shape:offers": 1,
+                                          "snapshot_shape:ad_events": 1}
+        assert h.rows(conn, "SELECT * FROM pgsnap.backfill_plan() ORDER BY 1, 2") == [
+            ("ad_events", "offer", 1), ("offers", "population", 1), ("target_populations", "built", 1)]
+        assert snapshot_constraints(conn) == {
+            "target_populations_snapshot_not_null": False, "target_populations_snapshot_shape": False,
+            "offers_snapshot_not_null": False, "offers_snapshot_shape": False,
+            "ad_events_snapshot_not_null": False, "ad_events_snapshot_shape": False}
+    deploy.migrate(empty_db_dsn)
+    with connect(empty_db_dsn) as conn:
+        m1_b1 = h.build_snapshot(conn, h.M1, h.B1)
+        assert m1_b1 == h.snapshot([1, "Sex (Biological)", 1, [[3, "Female", 2]]],
+                                   [4, "Home Zip Code", 1, [[101, "02140", 2140]]],
+                                   [50, "Hobbies", 3, [[52, "Hiking", 1], [53, "Chess", 3]]])
+        assert snapshots(conn, "target_populations")[1] == m1_b1
+        assert snapshots(conn, "offers") == {1: m1_b1}
+        assert snapshots(conn, "ad_events") == {1: m1_b1}
+        assert shape_violations(conn) == dict.fromkeys(shape_violations(conn), 0)
+        assert snapshot_constraints(conn) == {"target_populations_snapshot_shape": True,
+                                              "offers_snapshot_shape": True, "ad_events_snapshot_shape": True}
+        with pytest.raises(errors.CheckViolation) as refused:
+            add_offer(conn, 2, C1, h.M2, h.B2, FLAT)
+        assert refused.value.diag.constraint_name == "offers_snapshot_shape"

@@ -361,6 +361,19 @@ def test_a_twin_is_copied_and_equals_a_scan(populated):
     assert populations(conn, 2) == copied
 
 
+def test_re_populating_a_copied_target_scans_and_repairs_what_its_twin_shares(populated):
+    conn = populated
+    add_twin(conn, 2)
+    assert summary(conn, 2).startswith("pgsnap: target 2 populated (copied from target 1)")
+    with sync_triggers_disabled(conn):   # M4 (Male, 02140) gains Female unseen: both targets wrong
+        tag(conn, M4, FEMALE, "Female")
+    assert (verify(conn, 1), verify(conn, 2)) == ([(M4, "missing", B2, None)], [(M4, "missing", 202, None)])
+    assert summary(conn, 2) == ("pgsnap: target 2 populated (scanned): 1 batches, 1 inserted, "
+                                "0 moved, 0 refreshed, 0 deleted, 3 unchanged")
+    assert verify(conn, 2) == []
+    assert populations(conn, 2) == Model.load(conn).populations(2)
+
+
 def test_a_partial_twin_is_scanned(populated):
     conn = populated
     add_group(conn, 210, [FEMALE])

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 
 import psycopg
 import pytest
 
 from tests.helpers import (
+    ADVISORY,
     B1,
     B2,
     B3,
@@ -29,6 +29,7 @@ from tests.helpers import (
     G40,
     G41,
     G50,
+    GATES,
     HIKING,
     ITALIAN,
     M1,
@@ -44,12 +45,14 @@ from tests.helpers import (
     ZIP_02140,
     ZIP_10028,
     Model,
+    Runner,
     add_group,
     add_target,
     add_trait,
     copy_rows,
     db_now,
     execute,
+    gated,
     populate,
     populations,
     row_versions,
@@ -65,6 +68,7 @@ from tests.helpers import (
     target_status,
     untag,
     value,
+    wait_until_blocked,
 )
 
 M7 = 7
@@ -373,37 +377,20 @@ def seed_bulk(conn, n):
     )
 
 
-SLOW_BATCHES = """
-CREATE FUNCTION public.test_slow_statement() RETURNS trigger LANGUAGE plpgsql AS
-$$ BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END $$;
-CREATE TRIGGER test_slow_statement AFTER INSERT OR UPDATE OR DELETE ON target_populations
-    FOR EACH STATEMENT EXECUTE FUNCTION public.test_slow_statement();
-"""
-
-
 def test_killed_populate_leaves_populating_and_rerun_completes(conn, new_conn):
     seed_bulk(conn, 3000)
-    execute(conn, SLOW_BATCHES)  # every batch takes >= 20 ms: the kill lands mid-run
-    victim = new_conn()
+    execute(conn, GATES)   # the batch writing me_file 1501 waits on a lock the test holds
+    execute(conn, "INSERT INTO public.test_gate VALUES (1501, 'victim', 7)")
+    execute(conn, "SELECT pg_advisory_lock(7)")
+    victim = gated(new_conn, "victim")
     victim_pid = victim.info.backend_pid
-    outcome = {}
-
-    def run():
-        try:
-            populate(victim, T1, batch_size=50)
-            outcome["finished"] = True
-        except psycopg.Error as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while value(conn, "SELECT count(*) FROM target_populations") == 0:
-        assert thread.is_alive() and time.monotonic() < deadline, "no batch committed"
-        time.sleep(0.005)
+    killed = Runner(populate, victim, T1, 50)
+    killed.start()
+    wait_until_blocked(conn, victim_pid, "the batch of me_file 1501", ADVISORY)
     assert value(conn, "SELECT pg_terminate_backend(%s)", (victim_pid,)) is True
-    thread.join(60)
-    assert "error" in outcome, f"populate was not killed mid-run: {outcome}"
+    with pytest.raises(psycopg.OperationalError):
+        killed.finish()
+    execute(conn, "SELECT pg_advisory_unlock(7)")
 
     expected = Model.load(conn).populations(T1)
     partial = populations(conn, T1)  # also asserts no duplicate me_file
@@ -411,7 +398,6 @@ def test_killed_populate_leaves_populating_and_rerun_completes(conn, new_conn):
     assert 0 < len(partial) < len(expected)
     assert all(expected.get(m) == row for m, row in partial.items()), "a committed row is wrong"
 
-    execute(conn, "DROP TRIGGER test_slow_statement ON target_populations")
     populate(conn, T1, batch_size=50)
     final = populations(conn, T1)
     assert final == expected

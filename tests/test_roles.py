@@ -397,7 +397,7 @@ def test_only_the_owner_or_a_superuser_may_grant(world, roles, as_role):
 
 
 # -- the SECURITY DEFINER routines' owner ---------------------------------------------------------
-DEFINERS = {"_group_traits_changed()", "_band_groups_changed()", "_bands_changed()",
+DEFINERS = {"_group_traits_changed()", "_band_groups_changed()", "_bands_changed()", "_catalogue_truncated()",
             "_launch_blocker(bigint)", "_sync_drain()", "_sync_enqueue_tags()", "_traits_changed()",
             "sync_me_file(bigint)"}
 
