@@ -6,11 +6,15 @@ DROP TRIGGER IF EXISTS me_file_tags_sync_delete ON me_file_tags;
 DROP TRIGGER IF EXISTS me_files_sync_insert ON me_files;
 DO $$
 DECLARE
-    r record;
+    v_routines text[];
+    v_routine  text;
 BEGIN
-    FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
-              WHERE p.pronamespace = 'pgsnap'::regnamespace AND p.prokind IN ('f', 'p') LOOP
-        EXECUTE format('DROP ROUTINE IF EXISTS %s CASCADE', r.fn);
+    -- names first: a CASCADE drop takes the routines that depend on it, whose oids then name nothing
+    SELECT array_agg(p.oid::regprocedure::text) INTO v_routines
+      FROM pg_proc p
+     WHERE p.pronamespace = 'pgsnap'::regnamespace AND p.prokind IN ('f', 'p');
+    FOREACH v_routine IN ARRAY coalesce(v_routines, '{}') LOOP
+        EXECUTE format('DROP ROUTINE IF EXISTS %s CASCADE', v_routine);
     END LOOP;
 END;
 $$;

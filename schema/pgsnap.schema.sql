@@ -190,6 +190,23 @@ END;
 $$;
 
 --
+-- Name: _catalogue_truncated(); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._catalogue_truncated() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgsnap._catalogue_edited(
+        (SELECT array_agg(t.id) FROM public.targets t WHERE t.population_status IN ('populating', 'populated')),
+        TG_TABLE_NAME || ' truncated%s', NULL);
+    PERFORM pgsnap._compile(NULL);
+    RETURN NULL;
+END;
+$$;
+
+--
 -- Name: _claim_alive(integer, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
@@ -231,15 +248,13 @@ BEGIN
         RETURNING 1
     )
     INSERT INTO pgsnap.band_traits AS bt
-           (trait_id, target_band_id, target_id, tier, bits, full_mask, in_snapshot, trait_name)
-    SELECT d.trait_id, d.target_band_id, d.target_id, d.tier, d.bits, d.full_mask, d.in_snapshot, d.trait_name
-      FROM desired d
+    SELECT d.* FROM desired d
     ON CONFLICT (trait_id, target_band_id) DO UPDATE
        SET target_id = EXCLUDED.target_id, tier = EXCLUDED.tier, bits = EXCLUDED.bits,
-           full_mask = EXCLUDED.full_mask, in_snapshot = EXCLUDED.in_snapshot, trait_name = EXCLUDED.trait_name
-     WHERE (bt.target_id, bt.tier, bt.bits, bt.full_mask, bt.in_snapshot, bt.trait_name)
-           IS DISTINCT FROM (EXCLUDED.target_id, EXCLUDED.tier, EXCLUDED.bits, EXCLUDED.full_mask,
-                             EXCLUDED.in_snapshot, EXCLUDED.trait_name);
+           full_mask = EXCLUDED.full_mask, in_snapshot = EXCLUDED.in_snapshot, trait_name = EXCLUDED.trait_name,
+           trait_order = EXCLUDED.trait_order, parent_trait_id = EXCLUDED.parent_trait_id,
+           parent_name = EXCLUDED.parent_name, parent_order = EXCLUDED.parent_order
+     WHERE bt IS DISTINCT FROM EXCLUDED;
 
     UPDATE public.target_bands b
        SET tier = c.tier, definition_hash = c.definition_hash
@@ -606,7 +621,9 @@ BEGIN
     SELECT count(*) INTO v_rows FROM public.target_populations tp WHERE tp.target_id = p_target_id;
     IF p_changed > 0 AND p_changed * 10 >= greatest(
            (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'public.target_populations'::regclass), 1) THEN
-        ANALYZE public.target_populations;
+        -- the columns the sync's and populate's statements filter and join on: a fraction of
+        -- the cost of sampling the snapshots too
+        ANALYZE public.target_populations (target_id, target_band_id, me_file_id);
     END IF;
     RETURN v_rows;
 END;
@@ -627,7 +644,8 @@ CREATE FUNCTION pgsnap._populate_start(p_target_id bigint, OUT busy_pid integer,
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_state pgsnap.target_state;
+    v_state         pgsnap.target_state;
+    v_was_populated boolean;
 BEGIN
     IF p_target_id IS NULL OR NOT EXISTS (SELECT 1 FROM public.targets t WHERE t.id = p_target_id) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(p_target_id::text, 'NULL')
@@ -643,6 +661,7 @@ BEGIN
 
     -- launch_campaign reads the status under the shared form of this lock
     PERFORM pg_advisory_xact_lock(pgsnap.lock_key('target:' || p_target_id));
+    SELECT t.population_status = 'populated' INTO v_was_populated FROM public.targets t WHERE t.id = p_target_id;
     UPDATE public.targets t
        SET population_status = CASE WHEN EXISTS (SELECT 1 FROM public.target_bands b WHERE b.target_id = t.id)
                                     THEN 'populating' ELSE 'not_populated' END
@@ -665,8 +684,12 @@ BEGIN
        SET run_pid = pg_backend_pid(), run_backend_start = pgsnap._backend_start(),
            run_started_at = claimed_at, changed_by = pg_current_xact_id()
      WHERE s.target_id = p_target_id;
-    SELECT w.source_target_id, w.source_bands, w.bands INTO source_target_id, source_bands, bands
-      FROM pgsnap._populate_twin(p_target_id) w;
+    -- only a target never populated is copied: re-populating one is re-deriving it from the
+    -- rule, which also repairs rows its twin may share a fault with
+    IF NOT v_was_populated THEN
+        SELECT w.source_target_id, w.source_bands, w.bands INTO source_target_id, source_bands, bands
+          FROM pgsnap._populate_twin(p_target_id) w;
+    END IF;
 END;
 $$;
 
@@ -721,7 +744,11 @@ CREATE TABLE pgsnap.band_traits (
     bits bit varying NOT NULL,
     full_mask bit varying NOT NULL,
     in_snapshot boolean NOT NULL,
-    trait_name text NOT NULL
+    trait_name text NOT NULL,
+    trait_order integer NOT NULL,
+    parent_trait_id bigint,
+    parent_name text,
+    parent_order integer
 );
 
 --
@@ -731,30 +758,21 @@ CREATE TABLE pgsnap.band_traits (
 COMMENT ON TABLE pgsnap.band_traits IS 'The catalogue compiled for the membership rule (one row per band and trait); rebuilt by triggers, checked against the live catalogue by pgsnap check.';
 
 --
--- Name: traits; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.traits (
-    id bigint NOT NULL,
-    trait_name text NOT NULL,
-    parent_trait_id bigint,
-    display_order integer DEFAULT 0 NOT NULL,
-    is_active boolean DEFAULT true NOT NULL
-);
-
---
 -- Name: _snapshot_catalogue_hash(bigint); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
 CREATE FUNCTION pgsnap._snapshot_catalogue_hash(p_target_id bigint) RETURNS bigint
     LANGUAGE sql STABLE
     BEGIN ATOMIC
- SELECT COALESCE(bit_xor(hashtextextended(concat_ws(''::text, c.id, c.trait_name, c.display_order, pt.id, pt.trait_name, pt.display_order), (1)::bigint)), (0)::bigint) AS "coalesce"
-    FROM ((( SELECT DISTINCT bt.trait_id
+ SELECT COALESCE(bit_xor(hashtextextended(concat_ws(''::text, x.trait_id, x.trait_name, x.trait_order, x.parent_trait_id, x.parent_name, x.parent_order), (1)::bigint)), (0)::bigint) AS "coalesce"
+    FROM ( SELECT DISTINCT bt.trait_id,
+             bt.trait_name,
+             bt.trait_order,
+             bt.parent_trait_id,
+             bt.parent_name,
+             bt.parent_order
             FROM pgsnap.band_traits bt
-           WHERE ((bt.target_id = _snapshot_catalogue_hash.p_target_id) AND bt.in_snapshot)) x
-      JOIN public.traits c ON ((c.id = x.trait_id)))
-      JOIN public.traits pt ON ((pt.id = c.parent_trait_id)));
+           WHERE ((bt.target_id = _snapshot_catalogue_hash.p_target_id) AND bt.in_snapshot)) x;
 END;
 
 --
@@ -1078,6 +1096,7 @@ END;
 CREATE FUNCTION pgsnap._sync(p_me_file_ids bigint[], p_trait_ids bigint[], p_all boolean DEFAULT false) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_files   bigint[];
@@ -1297,34 +1316,25 @@ CREATE FUNCTION pgsnap._traits_changed() RETURNS trigger
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_targets   bigint[];
-    v_recompile bigint[];
-    v_what      text;
+    v_targets bigint[];
+    v_what    text;
 BEGIN
     WITH changed AS (
-        SELECT n.id, (o.parent_trait_id, o.trait_name) IS DISTINCT FROM (n.parent_trait_id, n.trait_name)
-                     AS recompile
+        SELECT n.id
           FROM new_rows n JOIN old_rows o ON o.id = n.id
          WHERE (o.trait_name, o.display_order, o.parent_trait_id)
                IS DISTINCT FROM (n.trait_name, n.display_order, n.parent_trait_id)
     ),
     affected AS (   -- the changed trait as a band trait, or as the parent of band traits
-        SELECT bt.target_id, c.id, c.recompile
-          FROM changed c JOIN pgsnap.band_traits bt ON bt.trait_id = c.id
+        SELECT bt.target_id, c.id FROM changed c JOIN pgsnap.band_traits bt ON bt.trait_id = c.id
         UNION
-        SELECT bt.target_id, c.id, false
-          FROM changed c
-          JOIN public.traits child ON child.parent_trait_id = c.id
-          JOIN pgsnap.band_traits bt ON bt.trait_id = child.id
+        SELECT bt.target_id, c.id FROM changed c JOIN pgsnap.band_traits bt ON bt.parent_trait_id = c.id
     )
-    SELECT array_agg(DISTINCT a.target_id), array_agg(DISTINCT a.target_id) FILTER (WHERE a.recompile),
-           string_agg(DISTINCT a.id::text, ', ')
-      INTO v_targets, v_recompile, v_what
+    SELECT array_agg(DISTINCT a.target_id), string_agg(DISTINCT a.id::text, ', ')
+      INTO v_targets, v_what
       FROM affected a;
-    IF v_recompile IS NOT NULL THEN   -- whether its tags show in snapshots, and its name
-        PERFORM pgsnap._compile(v_recompile);
-    END IF;
-    IF v_targets IS NOT NULL THEN
+    IF v_targets IS NOT NULL THEN   -- band_traits holds the names, orders and parents snapshots show
+        PERFORM pgsnap._compile(v_targets);
         PERFORM pgsnap._mark_stale(v_targets, 'snapshot', 'trait ' || v_what || ' renamed, reordered or re-parented');
     END IF;
     RETURN NULL;
@@ -1599,24 +1609,33 @@ CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RE
           SELECT DISTINCT u.me_file_id,
              u.band_id
             FROM UNNEST(snapshots.p_me_file_ids, snapshots.p_band_ids) u(me_file_id, band_id)
-         ), parents AS (
+         ), shown AS (
           SELECT p_1.me_file_id,
              p_1.band_id,
-             c.parent_trait_id,
-             json_agg(json_build_array(c.id, COALESCE(NULLIF(t.tag_value, ''::text), c.trait_name), c.display_order) ORDER BY c.display_order, c.id) AS children
-            FROM (((pairs p_1
+             m.parent_order,
+             m.parent_trait_id,
+             m.trait_order,
+             m.trait_id,
+             (((((((
+                 CASE
+                     WHEN (NOT (lag(m.parent_trait_id) OVER w IS DISTINCT FROM m.parent_trait_id)) THEN ','::text
+                     ELSE ((((((
+                     CASE
+                         WHEN (lag(m.parent_trait_id) OVER w IS NULL) THEN '['::text
+                         ELSE ']],['::text
+                     END || m.parent_trait_id) || ','::text) || to_json(m.parent_name)) || ','::text) || m.parent_order) || ',['::text)
+                 END || '['::text) || m.trait_id) || ','::text) || to_json(COALESCE(NULLIF(t.tag_value, ''::text), m.trait_name))) || ','::text) || m.trait_order) || ']'::text) AS piece
+            FROM ((pairs p_1
               JOIN public.me_file_tags t ON ((t.me_file_id = p_1.me_file_id)))
               JOIN pgsnap.band_traits m ON (((m.trait_id = t.trait_id) AND (m.target_band_id = p_1.band_id))))
-              JOIN public.traits c ON ((c.id = t.trait_id)))
            WHERE m.in_snapshot
-           GROUP BY p_1.me_file_id, p_1.band_id, c.parent_trait_id
+           WINDOW w AS (PARTITION BY p_1.me_file_id, p_1.band_id ORDER BY m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id)
          )
   SELECT p.me_file_id,
      p.band_id,
-     (json_build_object('tags', COALESCE(json_agg(json_build_array(pt.id, pt.trait_name, pt.display_order, x.children) ORDER BY pt.display_order, pt.id) FILTER (WHERE (pt.id IS NOT NULL)), '[]'::json)))::jsonb AS json_build_object
+     ((('{"tags":['::text || COALESCE((string_agg(x.piece, ''::text ORDER BY x.parent_order, x.parent_trait_id, x.trait_order, x.trait_id) || ']]'::text), ''::text)) || ']}'::text))::jsonb AS jsonb
     FROM (pairs p
-      LEFT JOIN (parents x
-      JOIN public.traits pt ON ((pt.id = x.parent_trait_id))) ON (((x.me_file_id = p.me_file_id) AND (x.band_id = p.band_id))))
+      LEFT JOIN shown x ON (((x.me_file_id = p.me_file_id) AND (x.band_id = p.band_id))))
    GROUP BY p.me_file_id, p.band_id;
 END;
 
@@ -2764,25 +2783,19 @@ ALTER TABLE pgsnap.backfill_runs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
 --
 
 CREATE VIEW pgsnap.catalogue_band_traits AS
- WITH ranked AS (
-         SELECT bg.target_band_id,
-            bg.trait_group_id,
-            ((row_number() OVER (PARTITION BY bg.target_band_id ORDER BY bg.trait_group_id) - 1))::integer AS k
-           FROM public.target_band_trait_groups bg
-        )
- SELECT gt.trait_id,
-    b.target_band_id,
-    b.target_id,
-    b.tier,
-    bit_or(((((repeat('0'::text, r.k) || '1'::text) || repeat('0'::text, ((b.n_groups - r.k) - 1))))::bit varying)::"bit") AS bits,
-    (repeat('1'::text, b.n_groups))::bit varying AS full_mask,
-    bool_or((t.parent_trait_id IS NOT NULL)) AS in_snapshot,
-    min(t.trait_name) AS trait_name
-   FROM (((pgsnap.catalogue_bands b
-     JOIN ranked r ON ((r.target_band_id = b.target_band_id)))
-     JOIN public.trait_group_traits gt ON ((gt.trait_group_id = r.trait_group_id)))
-     JOIN public.traits t ON ((t.id = gt.trait_id)))
-  GROUP BY gt.trait_id, b.target_band_id, b.target_id, b.tier, b.n_groups;
+SELECT
+    NULL::bigint AS trait_id,
+    NULL::bigint AS target_band_id,
+    NULL::bigint AS target_id,
+    NULL::integer AS tier,
+    NULL::"bit" AS bits,
+    NULL::bit varying AS full_mask,
+    NULL::boolean AS in_snapshot,
+    NULL::text AS trait_name,
+    NULL::integer AS trait_order,
+    NULL::bigint AS parent_trait_id,
+    NULL::text AS parent_name,
+    NULL::integer AS parent_order;
 
 --
 -- Name: VIEW catalogue_band_traits; Type: COMMENT; Schema: pgsnap; Owner: -
@@ -3059,6 +3072,18 @@ ALTER TABLE public.trait_groups ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDEN
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
+);
+
+--
+-- Name: traits; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.traits (
+    id bigint NOT NULL,
+    trait_name text NOT NULL,
+    parent_trait_id bigint,
+    display_order integer DEFAULT 0 NOT NULL,
+    is_active boolean DEFAULT true NOT NULL
 );
 
 --
@@ -3392,6 +3417,36 @@ CREATE INDEX trait_group_traits_trait_id_idx ON public.trait_group_traits USING 
 CREATE INDEX traits_parent_trait_id_idx ON public.traits USING btree (parent_trait_id);
 
 --
+-- Name: catalogue_band_traits _RETURN; Type: RULE; Schema: pgsnap; Owner: -
+--
+
+CREATE OR REPLACE VIEW pgsnap.catalogue_band_traits AS
+ WITH ranked AS (
+         SELECT bg.target_band_id,
+            bg.trait_group_id,
+            ((row_number() OVER (PARTITION BY bg.target_band_id ORDER BY bg.trait_group_id) - 1))::integer AS k
+           FROM public.target_band_trait_groups bg
+        )
+ SELECT gt.trait_id,
+    b.target_band_id,
+    b.target_id,
+    b.tier,
+    bit_or(((((repeat('0'::text, r.k) || '1'::text) || repeat('0'::text, ((b.n_groups - r.k) - 1))))::bit varying)::"bit") AS bits,
+    (repeat('1'::text, b.n_groups))::bit varying AS full_mask,
+    (t.parent_trait_id IS NOT NULL) AS in_snapshot,
+    t.trait_name,
+    t.display_order AS trait_order,
+    t.parent_trait_id,
+    p.trait_name AS parent_name,
+    p.display_order AS parent_order
+   FROM ((((pgsnap.catalogue_bands b
+     JOIN ranked r ON ((r.target_band_id = b.target_band_id)))
+     JOIN public.trait_group_traits gt ON ((gt.trait_group_id = r.trait_group_id)))
+     JOIN public.traits t ON ((t.id = gt.trait_id)))
+     LEFT JOIN public.traits p ON ((p.id = t.parent_trait_id)))
+  GROUP BY gt.trait_id, b.target_band_id, b.target_id, b.tier, b.n_groups, t.id, p.id;
+
+--
 -- Name: sync_pending sync_pending_drain; Type: TRIGGER; Schema: pgsnap; Owner: -
 --
 
@@ -3440,6 +3495,12 @@ CREATE TRIGGER target_band_trait_groups_catalogue_delete AFTER DELETE ON public.
 CREATE TRIGGER target_band_trait_groups_catalogue_insert AFTER INSERT ON public.target_band_trait_groups REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._band_groups_changed();
 
 --
+-- Name: target_band_trait_groups target_band_trait_groups_catalogue_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_band_trait_groups_catalogue_truncate AFTER TRUNCATE ON public.target_band_trait_groups FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated();
+
+--
 -- Name: target_band_trait_groups target_band_trait_groups_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -3458,6 +3519,12 @@ CREATE TRIGGER target_bands_catalogue_delete AFTER DELETE ON public.target_bands
 CREATE TRIGGER target_bands_catalogue_insert AFTER INSERT ON public.target_bands REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._bands_changed();
 
 --
+-- Name: target_bands target_bands_catalogue_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER target_bands_catalogue_truncate AFTER TRUNCATE ON public.target_bands FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated();
+
+--
 -- Name: target_bands target_bands_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -3468,6 +3535,12 @@ CREATE TRIGGER target_bands_catalogue_update AFTER UPDATE ON public.target_bands
 --
 
 CREATE TRIGGER target_populations_target_id BEFORE INSERT OR UPDATE OF target_band_id ON public.target_populations FOR EACH ROW WHEN ((new.target_id IS NULL)) EXECUTE FUNCTION pgsnap._population_target_id();
+
+--
+-- Name: targets targets_catalogue_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER targets_catalogue_truncate AFTER TRUNCATE ON public.targets FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated();
 
 --
 -- Name: targets targets_track_populating; Type: TRIGGER; Schema: public; Owner: -
@@ -3488,10 +3561,28 @@ CREATE TRIGGER trait_group_traits_catalogue_delete AFTER DELETE ON public.trait_
 CREATE TRIGGER trait_group_traits_catalogue_insert AFTER INSERT ON public.trait_group_traits REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._group_traits_changed();
 
 --
+-- Name: trait_group_traits trait_group_traits_catalogue_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trait_group_traits_catalogue_truncate AFTER TRUNCATE ON public.trait_group_traits FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated();
+
+--
 -- Name: trait_group_traits trait_group_traits_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER trait_group_traits_catalogue_update AFTER UPDATE ON public.trait_group_traits REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._group_traits_changed();
+
+--
+-- Name: trait_groups trait_groups_catalogue_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trait_groups_catalogue_truncate AFTER TRUNCATE ON public.trait_groups FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated();
+
+--
+-- Name: traits traits_catalogue_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER traits_catalogue_truncate AFTER TRUNCATE ON public.traits FOR EACH STATEMENT EXECUTE FUNCTION pgsnap._catalogue_truncated();
 
 --
 -- Name: traits traits_catalogue_update; Type: TRIGGER; Schema: public; Owner: -
