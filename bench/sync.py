@@ -145,19 +145,38 @@ MAINTAIN = """
 CREATE OR REPLACE FUNCTION bench.maintain(p_target_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_cands bigint[];
     v_files bigint[];
     v_bands bigint[];
     v_rows  bigint;
 BEGIN
-    SELECT array_agg(m.me_file_id), array_agg(m.target_band_id) INTO v_files, v_bands
-      FROM pgsnap.memberships(p_target_ids) m;
+    -- setup only: a member holds a tag of every group all its target's bands share, so when
+    -- each target has such a group, only those me_files can be members (the rule decides)
+    CREATE TEMP TABLE IF NOT EXISTS bench_common (target_id bigint, trait_group_id bigint) ON COMMIT DROP;
+    TRUNCATE bench_common;
+    INSERT INTO bench_common
+    SELECT b.target_id, bg.trait_group_id FROM public.target_bands b
+      JOIN public.target_band_trait_groups bg ON bg.target_band_id = b.id
+     WHERE b.target_id = ANY (p_target_ids)
+     GROUP BY b.target_id, bg.trait_group_id
+    HAVING count(*) = (SELECT count(*) FROM public.target_bands x WHERE x.target_id = b.target_id);
+    IF (SELECT count(DISTINCT target_id) FROM bench_common) = cardinality(p_target_ids) THEN
+        SELECT array_agg(DISTINCT t.me_file_id) INTO v_cands
+          FROM bench_common c
+          JOIN public.trait_group_traits gt ON gt.trait_group_id = c.trait_group_id
+          JOIN public.me_file_tags t ON t.trait_id = gt.trait_id;
+    END IF;
     -- EXECUTE: planned with the arrays' real sizes, as populate's statements are
+    EXECUTE 'SELECT array_agg(m.me_file_id), array_agg(m.target_band_id) FROM pgsnap.memberships($1) m
+              WHERE $2 IS NULL OR m.me_file_id = ANY ($2)'
+      INTO v_files, v_bands USING p_target_ids, v_cands;
     EXECUTE 'INSERT INTO public.target_populations
                     (target_id, target_band_id, me_file_id, matching_tags_snapshot, inputs_hash)
              SELECT m.target_id, m.target_band_id, m.me_file_id, s.snapshot, m.inputs_hash
                FROM pgsnap.memberships($1) m
-               JOIN pgsnap.snapshots($2, $3) s USING (me_file_id, target_band_id)'
-      USING p_target_ids, v_files, v_bands;
+               JOIN pgsnap.snapshots($2, $3) s USING (me_file_id, target_band_id)
+              WHERE $4 IS NULL OR m.me_file_id = ANY ($4)'
+      USING p_target_ids, v_files, v_bands, v_cands;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     UPDATE public.targets SET population_status = 'populated', last_populated_at = now()
      WHERE id = ANY (p_target_ids);
@@ -182,6 +201,13 @@ def maintain(c: psycopg.Connection, target_ids: list[int], chunk: int = 50) -> f
     return time.perf_counter() - start
 
 
+def verify_sample(c: psycopg.Connection, target_ids: list[int], n: int = 3) -> int:
+    """Differences pgsnap.verify_target finds in the first and last few targets set up."""
+    sample = sorted(set(target_ids[:n] + target_ids[-n:]))
+    return c.execute("SELECT count(*) FROM unnest(%s::bigint[]) t CROSS JOIN LATERAL pgsnap.verify_target(t)",
+                     [sample]).fetchone()[0]
+
+
 # -- (e) -----------------------------------------------------------------------------------------
 def e_sync_latency(ctx: Context) -> dict[str, Any]:
     require(ctx.conn, "pgsnap.memberships(bigint[])", "pgsnap.snapshots(bigint[],bigint[])")
@@ -203,6 +229,7 @@ def e_sync_latency(ctx: Context) -> dict[str, Any]:
             **quantiles(tag_changes(c, me_files, probe, name)),
             "maintained_targets": maintained(c), "referencing_probe_pct": referencing_pct(c, probe),
             "setup_s": round(t_pop, 3), "narrow_populated": len(batch),
+            "setup_verify_differences": verify_sample(c, batch) if batch else 0,
         }
     with triggers_disabled(c):
         out["runs"]["triggers_disabled"] = quantiles(tag_changes(c, me_files, probe, name))
