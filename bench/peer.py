@@ -1,9 +1,9 @@
 """The peer: the original application's PopulateTargetWorker, re-implemented in Python.
 
-A faithful port of Qlarius' ``PopulateTargetWorker`` at commit E (domain.md section 3, with the
-snapshot construction of section 5.2), used by the benchmark as the application-side
-baseline. It does what the Elixir worker did, query for query, with psycopg instead of
-Ecto/Postgrex, on an autocommit connection (no surrounding transaction, as in the original):
+A faithful port of Qlarius' ``PopulateTargetWorker`` (its population algorithm and its
+snapshot construction), used by the benchmark as the application-side baseline. It does what
+the Elixir worker did, query for query, with psycopg instead of Ecto/Postgrex, on an
+autocommit connection (no surrounding transaction, as in the original):
 
 0. ``Targets.trigger_population``: status ``populating``;
 1. load the target (error if missing) and its bands with their groups and the groups' traits
@@ -24,7 +24,7 @@ Ecto/Postgrex, on an autocommit connection (no surrounding transaction, as in th
 9. status ``populated`` + ``last_populated_at``, then the active campaigns of the target are
    looked up (the original broadcasts to them).
 
-Where pgsnap (design.md section 3) decides a detail the original left to chance, the peer
+Where pgsnap (docs/rules.md) decides a detail the original left to chance, the peer
 follows pgsnap so that the two produce byte-identical snapshots on nested bands:
 
 * a NULL or empty ``tag_value`` shows the child trait's name (the original's later fix);
@@ -253,7 +253,8 @@ def _insert_batch(db: _Counting, batch: list[tuple[int, int]],
 
 
 def build_snapshot(tags: list[tuple], metadata: dict[int, tuple[str, int, set[int]]]) -> dict:
-    """domain.md 5.2 over (trait_id, trait_name, display_order, parent_trait_id, tag_value)."""
+    """The original's snapshot construction over (trait_id, trait_name, display_order, parent_trait_id,
+    tag_value)."""
     by_parent: dict[int, list[list]] = defaultdict(list)
     for trait_id, trait_name, display_order, parent_id, tag_value in tags:
         meta = metadata.get(parent_id)

@@ -1,5 +1,5 @@
--- Step 1 of the NOT NULL journey (design.md section 5): new NULL snapshots are
--- rejected at once, legacy rows are tolerated until the backfill has run.
+-- Step 1 of the NOT NULL journey (docs/operations.md, "The NOT NULL journey"):
+-- new NULL snapshots are rejected at once, legacy rows are tolerated until the backfill has run.
 -- Snapshots that are not {"tags": [...]} (e.g. {} or the old flat format's
 -- string) carry no trustworthy record: they become NULL so the backfill
 -- rebuilds them, then a NOT VALID shape CHECK keeps them out for good.

@@ -2131,7 +2131,7 @@ CREATE FUNCTION pgsnap.grant_app_role(p_role name) RETURNS void
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    -- what the application reads, and what it writes (design.md section 2)
+    -- what the application reads, and what it writes (docs/operations.md, "What the application role gets")
     v_read   regclass[] := ARRAY['public.traits', 'public.trait_groups', 'public.trait_group_traits',
                                  'public.targets', 'public.target_bands', 'public.target_band_trait_groups',
                                  'public.campaigns', 'public.bids', 'public.target_populations']::regclass[];

@@ -19,7 +19,7 @@ SECURITY INVOKER   -- run by the owner or a superuser: it grants with the caller
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    -- what the application reads, and what it writes (design.md section 2)
+    -- what the application reads, and what it writes (docs/operations.md, "What the application role gets")
     v_read   regclass[] := ARRAY['public.traits', 'public.trait_groups', 'public.trait_group_traits',
                                  'public.targets', 'public.target_bands', 'public.target_band_trait_groups',
                                  'public.campaigns', 'public.bids', 'public.target_populations']::regclass[];

@@ -1,7 +1,7 @@
 """Small readable helpers to build pgsnap test data and read results back.
 
-Everything here speaks plain SQL against the application tables of
-design.md section 2, with explicit ids, so a test reads like its scenario:
+Everything here speaks plain SQL against the application tables
+(migrations/0001.baseline-schema.sql), with explicit ids, so a test reads like its scenario:
 
     add_trait(conn, 1, "Sex (Biological)", order=1)
     add_trait(conn, 3, "Female", parent=1, order=2)
@@ -12,7 +12,7 @@ design.md section 2, with explicit ids, so a test reads like its scenario:
     assert populations(conn, 1) == {1: (1, snapshot(...))}
 
 The second half is a **reference model**: the membership rule and the snapshot
-of design.md section 3 re-stated in pure Python, independent of the SQL. It
+of docs/rules.md re-stated in pure Python, independent of the SQL. It
 reads the raw tables (`Model.load(conn)`) and says what every population row
 should be.
 
@@ -32,7 +32,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-# Every table of the application schema (design.md section 2), children first.
+# Every table of the application schema (migrations/0001.baseline-schema.sql), children first.
 APP_TABLES = (
     "ad_events",
     "offers",
@@ -250,7 +250,7 @@ def truncate_app_tables(conn) -> None:
 
 
 # --------------------------------------------------------------------------
-# the SQL API (design.md section 4)
+# the SQL API (docs/sql-api.md)
 
 
 def populate(conn, target: int, batch_size: int | None = None, *, bind: bool = False) -> None:
@@ -377,7 +377,16 @@ def db_now(conn) -> Any:
 
 
 # --------------------------------------------------------------------------
-# the worked example of domain.md section 5.4
+# the worked example of docs/rules.md, and the extra traits and groups other tests use
+#
+# The tests name three scenarios on this catalogue:
+# * Example 1: the worked example of docs/rules.md (seed_worked_example: T1, M1..M4);
+# * Example 2: three tag changes on Example 1, each kept up to date by sync: (a) M2 adds Hiking,
+#   (b) M1 replaces its Hobbies answers with Chess alone, (c) M3 deletes Female
+#   (tests/test_sync.py);
+# * Example 3: target T2 with the single band B9 {G40, G41, G50} and me_file M5 tagged Italian,
+#   Thai, VIP and 10028 (a NULL tag_value): a band whose groups share one parent, and a
+#   parentless trait (tests/test_snapshot.py).
 
 # ids used by seed_worked_example
 T1, B1, B2, B3 = 1, 1, 2, 3
@@ -393,7 +402,8 @@ G10, G20, G30, G40, G41, G50 = 10, 20, 30, 40, 41, 50
 
 
 def seed_example_catalogue(conn) -> None:
-    """The traits and trait groups of domain.md section 5.4."""
+    """The traits and trait groups of the worked example (docs/rules.md), plus Cuisine, VIP,
+    G40, G41 and G50."""
     for trait_id, name, parent, order in [
         (SEX, "Sex (Biological)", None, 1),
         (MALE, "Male", SEX, 1),
@@ -425,7 +435,7 @@ def seed_example_t1(conn) -> None:
 
 
 def seed_example_me_files(conn) -> None:
-    """M1..M4 of domain.md section 5.4."""
+    """M1..M4 of the worked example (docs/rules.md)."""
     tags(conn, M1, {FEMALE: "Female", ZIP_02140: "02140", HIKING: "Hiking", CHESS: "Chess",
                     COOKING: "Cooking"})
     tags(conn, M2, {FEMALE: "Female", ZIP_02140: "02140"})
@@ -434,14 +444,14 @@ def seed_example_me_files(conn) -> None:
 
 
 def seed_worked_example(conn) -> None:
-    """Catalogue, target T1 and me_files M1..M4 (Example 1 of domain.md 5.4)."""
+    """Catalogue, target T1 and me_files M1..M4 (the worked example of docs/rules.md)."""
     seed_example_catalogue(conn)
     seed_example_t1(conn)
     seed_example_me_files(conn)
 
 
 # --------------------------------------------------------------------------
-# reference model (design.md section 3, in pure Python)
+# reference model (docs/rules.md, in pure Python)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ fills them. Rows are inserted there with explicit ids, then `deploy.migrate(dsn,
 takes the database to the middle of the journey (0004's NOT VALID checks added, `sql/` deployed,
 no enforcement yet): the state in which the backfill has work to do.
 
-The expected value of every snapshot follows the backfill rules of design.md section 4 and
-issue 5, computed here from `pgsnap.build_snapshot` and the rows themselves (`expected_snapshots`).
+The expected value of every snapshot follows the backfill rules of docs/rules.md ("Offers and
+ad_events", "Backfill"), computed here from `pgsnap.build_snapshot` and the rows themselves
+(`expected_snapshots`).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def enforcement_ids() -> list[str]:
 
 
 # -- the legacy journey's data set -------------------------------------------------------------
-# Worked example of domain.md 5.4 (tests.helpers): T1 = B1 {G10,G20,G30} bullseye, B2 {G10,G20},
+# Worked example of docs/rules.md (tests.helpers): T1 = B1 {G10,G20,G30} bullseye, B2 {G10,G20},
 # B3 {G10}; M1 -> B1, M2 -> B2, M3 -> B3, M4 (male) in no band; M5 like M2 with a blank zip value.
 STALE = {"tags": [[1, "Sex (Biological)", 1, [[3, "Female (as it was)", 2]]]]}  # filled long ago
 OLD_COPY = {"tags": [[4, "Home Zip Code", 1, [[101, "02140", 2140]]]]}  # an offer's own copy
@@ -176,7 +177,7 @@ C1, C2 = 1, 2
 
 
 def seed_legacy_journey(conn) -> dict[str, dict[int, Any]]:
-    """Every kind of legacy row of issue 5's journey, at 0001.baseline-schema.
+    """Every kind of legacy row of the NOT NULL journey, at 0001.baseline-schema.
 
     Returns {table: {id: snapshot or None}} as it will read after 0004 (malformed -> NULL).
     """
@@ -198,7 +199,8 @@ def seed_legacy_journey(conn) -> dict[str, dict[int, Any]]:
         add_bid(conn, C1, band, amount)
     # offers
     add_offer(conn, 1, C1, h.M1, h.B1)             # NULL, population NULL -> the population's, built
-    add_offer(conn, 2, C1, h.M2, h.B2)             # NULL, population filled long ago -> STALE (defect 2)
+    # offer 2: the original's backfill never repaired an offer whose population was filled later
+    add_offer(conn, 2, C1, h.M2, h.B2)             # NULL, population filled long ago -> STALE
     add_offer(conn, 3, C1, h.M3, h.B3, {})         # malformed -> NULL -> its population's, built
     add_offer(conn, 4, C2, h.M1, h.B3)             # NULL, population removed by 0002 -> built
     add_offer(conn, 5, C2, h.M4, h.B2)             # NULL, population never existed -> built

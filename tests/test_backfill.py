@@ -1,12 +1,17 @@
-"""The safety-net backfill (design.md section 4, issue 5 item 3): pgsnap.backfill_batch,
+"""The safety-net backfill (docs/rules.md, "Backfill"; docs/operations.md): pgsnap.backfill_batch,
 CALL pgsnap.backfill_missing_snapshots, pgsnap.backfill_band, pgsnap.backfill_plan and
 `pgsnap backfill`, on databases where NULLs can exist: legacy rows inserted at 0001, then
 `migrate(backfill=False)` (mid-journey: NOT VALID checks, sql/ deployed, no enforcement).
 
 Rules: population -> built; offer -> its population's current snapshot (however long ago it was
-filled: domain.md 9.1 defect 2), else built; ad_event -> its offer's, else its population's, else
-built; a non-NULL value is never written; rows of a deleted band go with it and are never re-found
-(defects 3 and 15)."""
+filled: defect 2), else built; ad_event -> its offer's, else its population's, else built; a
+non-NULL value is never written; rows of a deleted band go with it and are never re-found
+(defects 3 and 15).
+
+The defects are the original application's, numbered as the test names use them: 2, its backfill
+never repaired NULL offers and ad_events whose population was already filled; 3, it re-found the
+NULL populations of deleted bands every hour; 15, its per-band backfill, an upsert by id, could
+resurrect a deleted row."""
 
 import threading
 import time
@@ -543,8 +548,9 @@ def test_cli_backfill_works_on_an_enforced_database(conn, cli):
 
 
 def test_legacy_offer_and_event_rows_the_original_never_repaired(empty_db_dsn):
-    """domain.md 6.6: populations filled after offers copied their NULL; the original's hourly
-    backfill only looked at NULL populations and never came back for these."""
+    """Populations filled after offers copied their NULL (the original's race between its
+    snapshot jobs and its offer creation); the original's hourly backfill only looked at NULL
+    populations and never came back for these."""
     def seed_filled(conn):
         h.seed_worked_example(conn)
         set_populated(conn, h.T1)

@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_peer_places_and_snapshots_the_worked_example(conn):
-    """domain.md 5.4, Example 1: bottom-up placement and the three snapshots."""
+    """Example 1 (the worked example of docs/rules.md): bottom-up placement and the three
+    snapshots."""
     seed_worked_example(conn)
     result = peer.populate_target(conn, 1)
     assert (result.status, result.inserted, result.deleted, result.batches) == ("ok", 3, 0, 1)
@@ -67,7 +68,8 @@ def test_peer_places_and_snapshots_the_worked_example(conn):
 
 
 def test_peer_merges_parents_drops_parentless_and_names_blank_values(conn):
-    """Example 3 with the later fix: a blank tag_value shows the trait's name."""
+    """Example 3 (tests/helpers.py) with the original's later fix: a blank tag_value shows the
+    trait's name."""
     seed_worked_example(conn)
     add_target(conn, 2, bands=[(9, [G40, G41, G50], True)])
     tags(conn, 5, {ITALIAN: "", THAI: None, VIP: "yes", ZIP_10028: None})

@@ -1,4 +1,4 @@
-"""Fault injection (issue 8 item 3): the backend is terminated (`pg_terminate_backend`) in the
+"""Fault injection: the backend is terminated (`pg_terminate_backend`) in the
 middle of sync-heavy tag writes, a backfill, a launch and a migrate; each time a re-run completes
 with no duplicate, no NULL, no lost row, and statuses and run records that tell the truth.
 

@@ -100,7 +100,7 @@ def test_legacy_journey_one_migrate_reaches_the_enforced_state(cli, empty_db_dsn
         assert tp[5] == built(h.M5, h.B2) == h.snapshot(
             [h.SEX, "Sex (Biological)", 1, [[h.FEMALE, "Female", 2]]],
             [h.HOME_ZIP, "Home Zip Code", 1, [[h.ZIP_02140, "02140", 2140]]])  # {} rebuilt; blank -> name
-        assert offers[2] == STALE  # defect 2: the population was filled long before
+        assert offers[2] == STALE  # the population was filled long before (the original never repaired it)
         assert offers[4] == built(h.M1, h.B3)  # its population is gone: built
         assert offers[6] == OLD_COPY
         assert events[2] == events[6] == events[9] == STALE

@@ -1,6 +1,7 @@
-"""pgsnap.launch_campaign and `pgsnap launch` (design.md section 4, issue 5 item 2): one offer per
+"""pgsnap.launch_campaign and `pgsnap launch` (docs/sql-api.md, "Offers"): one offer per
 population of the campaign's target whose band has a bid, amount from the bid, snapshot copied,
-launched_at set; idempotent; refused unless the target is populated (the gate of domain.md 6.6)."""
+launched_at set; idempotent; refused unless the target is populated (the gate that keeps NULL
+snapshots out of offers)."""
 
 from decimal import Decimal
 

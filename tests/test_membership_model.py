@@ -1,10 +1,9 @@
-"""The membership rule of design.md section 3, against pgsnap.band_for and populate.
+"""The membership rule of docs/rules.md ("Membership"), against pgsnap.band_for and populate.
 
-Edge cases of domain.md section 10 (items 1-4, 9-11, 18, 24) adapted to
-design.md: one rule for every path, a band with no groups matches nobody,
-equal-rank ties go to the bullseye then to the lowest band id, non-nested
-bands use the satisfied band with the most groups, one row per
-(target, me_file) enforced by the database.
+Edge cases of membership under pgsnap's rules: one rule for every path, a
+band with no groups matches nobody, equal-rank ties go to the bullseye then
+to the lowest band id, non-nested bands use the satisfied band with the most
+groups, one row per (target, me_file) enforced by the database.
 
 The last test is property-based: random small catalogues, populate every
 target, compare the table with the pure-Python model of tests/helpers.py.
@@ -66,7 +65,7 @@ FEMALE_ONLY = snapshot([1, "Sex (Biological)", 1, [[3, "Female", 2]]])
 
 
 # --------------------------------------------------------------------------
-# groups: AND across, OR within (domain.md 10.1, 10.2)
+# groups: AND across, OR within
 
 
 def test_and_across_groups_or_within_group(conn):
@@ -130,7 +129,7 @@ def test_inactive_traits_and_deactivated_groups_still_count(conn):
 
 
 # --------------------------------------------------------------------------
-# one band per target (domain.md 10.3, 10.4)
+# one band per target
 
 
 def test_innermost_band_wins_one_row_per_target(conn):
@@ -170,7 +169,7 @@ def test_me_file_in_several_targets_has_one_row_in_each(conn):
 
 
 # --------------------------------------------------------------------------
-# degenerate bands and groups (domain.md 10.9, 10.10, 10.11)
+# degenerate bands and groups
 
 
 def test_zero_group_band_matches_nobody(conn):
@@ -245,7 +244,7 @@ def test_group_gaining_a_trait_becomes_satisfiable(conn):
 
 
 # --------------------------------------------------------------------------
-# ranks, ties and non-nested bands (design.md section 3)
+# ranks, ties and non-nested bands (docs/rules.md, "Membership")
 
 
 def equal_rank_target(conn, bullseye_band):
@@ -315,7 +314,7 @@ def test_bands_sharing_a_group_across_targets(conn):
 
 
 # --------------------------------------------------------------------------
-# me_files and tags (domain.md 10.18, 10.24)
+# me_files and tags
 
 
 def test_me_file_without_tags_is_in_no_band(conn):
@@ -332,7 +331,7 @@ def test_band_for_unknown_me_file_is_null(conn):
 
 
 def test_duplicate_tag_rows_are_rejected(conn):
-    """domain.md 10.18: pgsnap has UNIQUE (me_file_id, trait_id) instead of
+    """pgsnap has UNIQUE (me_file_id, trait_id) on me_file_tags instead of
     duplicate child entries."""
     seed_example_catalogue(conn)
     tag(conn, M1, FEMALE, "Female")
@@ -375,7 +374,7 @@ def test_same_me_file_may_have_rows_in_two_targets(conn):
 
 
 # --------------------------------------------------------------------------
-# property: populate == the pure-Python model of design.md section 3
+# property: populate == the pure-Python model of docs/rules.md (tests/helpers.py)
 
 TAG_VALUES = st.one_of(
     st.none(),
@@ -546,7 +545,7 @@ def test_populate_matches_the_model_for_random_catalogues(conn):
 
 
 def test_model_reproduces_example_1(conn):
-    """The reference model itself agrees with domain.md 5.4 Example 1."""
+    """The reference model itself agrees with the worked example of docs/rules.md."""
     seed_worked_example(conn)
     model = Model.load(conn)
     assert model.populations(T1) == {

@@ -1,6 +1,6 @@
-"""CALL pgsnap.populate_target and `pgsnap populate` (design.md section 4, issue 3).
+"""CALL pgsnap.populate_target and `pgsnap populate` (docs/sql-api.md, docs/rules.md "Populate").
 
-Whole row sets after populate (domain.md 5.4 Examples 1 and 3), re-runs that
+Whole row sets after populate (Examples 1 and 3 of tests/helpers.py), re-runs that
 write nothing, tag changes repaired by the next run (moves, refreshes,
 deletes, inserts), statuses, batching, a backend killed mid-run, concurrent
 runs, runs inside a caller's transaction, bad input, and the CLI.
@@ -106,7 +106,7 @@ def recomputed(conn, target, every=1):
 
 
 # --------------------------------------------------------------------------
-# domain.md 5.4 as whole row sets
+# Examples 1 and 3 as whole row sets
 
 
 def test_example1_rows(conn):
@@ -233,8 +233,8 @@ def test_rerun_after_tag_changes_leaves_unaffected_row_unwritten(conn):
 
 
 def test_rerun_refreshes_snapshot_within_the_same_band(conn):
-    """Freshness (design.md section 3): unlike the original (domain.md 10.21),
-    the snapshot follows the tags; the row keeps its id and created_at."""
+    """Freshness (docs/rules.md): unlike the original application, the snapshot
+    follows the tags; the row keeps its id and created_at."""
     before = change_example_behind_populate(conn)
     populate(conn, T1)
     after = row_versions_by_me_file(conn, T1)[M1]

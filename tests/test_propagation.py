@@ -1,4 +1,4 @@
-"""Propagation triggers and snapshot constraints (design.md section 4, issue 5 item 1):
+"""Propagation triggers and snapshot constraints (docs/rules.md, "Offers and ad_events"):
 offers take their population's snapshot, ad_events their offer's, an explicit snapshot is kept,
 malformed shapes and NULLs are refused on all three tables, with their exact messages."""
 
@@ -90,7 +90,7 @@ def test_offer_with_explicit_snapshot_is_kept_as_given(world):
 
 
 def test_offer_keeps_its_copy_when_the_population_changes(world):
-    """Freshness (design.md section 3): populations follow the tags, offers keep the copy taken."""
+    """Freshness (docs/rules.md): populations follow the tags, offers keep the copy taken."""
     conn = world
     add_offer(conn, 1, C1, h.M1, h.B1)
     taken = offer_snapshot(conn, 1)

@@ -1,4 +1,4 @@
-"""The application role (issue 8 item 1; sql/90_grants.sql, `pgsnap grant`, docs/operations.md).
+"""The application role (sql/90_grants.sql, `pgsnap grant`, docs/operations.md "Roles and grants").
 
 A real non-superuser role, granted by `pgsnap grant --app-role`, does everything the application
 does (registers me_files, writes tags, creates offers and ad_events, launches campaigns, calls the

@@ -1,4 +1,4 @@
-"""search_path safety (issue 8 item 2): no pgsnap function changes behaviour when the caller's
+"""search_path safety: no pgsnap function changes behaviour when the caller's
 search_path puts a hostile schema first.
 
 Schema `evil` holds tables named like the application's (full of decoy rows) and functions,

@@ -1,9 +1,9 @@
-"""pgsnap.build_snapshot and the snapshots populate writes (design.md section 3).
+"""pgsnap.build_snapshot and the snapshots populate writes (docs/rules.md, "The snapshot").
 
-Worked examples of domain.md section 5.4 as whole JSON values, and the
-snapshot edge cases of domain.md section 10 (items 12-19) adapted to
-design.md: a NULL or '' tag_value shows the child trait's name; parents are
-ordered by (display_order, id), children by (display_order, trait id).
+Examples 1 and 3 (tests/helpers.py; Example 1 is the worked example of docs/rules.md) as whole
+JSON values, and the snapshot's edge cases under pgsnap's rules: a NULL or '' tag_value shows
+the child trait's name; parents are ordered by (display_order, id), children by
+(display_order, trait id).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from tests.helpers import (
 
 M5 = 5
 
-# The expected snapshots of domain.md section 5.4, Example 1, verbatim.
+# The expected snapshots of the worked example (docs/rules.md), verbatim.
 M1_B1 = {"tags": [[1, "Sex (Biological)", 1, [[3, "Female", 2]]],
                   [4, "Home Zip Code", 1, [[101, "02140", 2140]]],
                   [50, "Hobbies", 3, [[52, "Hiking", 1], [53, "Chess", 3]]]]}
@@ -72,7 +72,7 @@ def seed_example_3(conn, groups=(G40, G41, G50)):
 
 
 # --------------------------------------------------------------------------
-# domain.md 5.4, Example 1
+# Example 1: the worked example of docs/rules.md
 
 
 def test_example1_m1_bullseye_snapshot(conn):
@@ -97,7 +97,7 @@ def test_example1_populated_snapshots_equal_build_snapshot(conn):
 
 
 def test_example1_snapshot_jsonb_text_rendering(conn):
-    """Maintenance tools pattern-match on PostgreSQL's jsonb rendering (domain.md 5.1)."""
+    """Maintenance tools pattern-match on PostgreSQL's jsonb rendering of the snapshot."""
     seed_worked_example(conn)
     populate(conn, T1)
     text = value(
@@ -119,7 +119,7 @@ def test_build_snapshot_does_not_require_membership(conn):
 
 
 # --------------------------------------------------------------------------
-# domain.md 5.4, Example 3 and section 10 items 12, 15
+# Example 3: groups under one parent, a parentless trait, a NULL tag_value
 
 
 def test_example3_groups_under_one_parent_merge_into_one_entry(conn):
@@ -156,7 +156,7 @@ def test_example3_null_tag_value_shows_trait_name(conn):
 
 
 def test_parentless_trait_counts_for_membership_but_never_appears(conn):
-    """domain.md 10.12: VIP (no parent) is what places M5 in B9 {G40, G50}."""
+    """VIP (no parent) is what places M5 in B9 {G40, G50}; it is not in the snapshot."""
     seed_example_catalogue(conn)
     seed_example_3(conn, groups=[G40, G50])
     populate(conn, T2)
@@ -166,7 +166,7 @@ def test_parentless_trait_counts_for_membership_but_never_appears(conn):
 
 
 # --------------------------------------------------------------------------
-# tag_value (domain.md 10.17, design.md section 3)
+# tag_value (docs/rules.md, "The snapshot")
 
 
 def one_zip_band(conn, zip_trait=ZIP_02140):
@@ -194,7 +194,7 @@ def test_tag_value_blank_shows_trait_name(conn):
 
 
 def test_tag_value_whitespace_is_not_blank(conn):
-    """design.md: only NULL or an empty string fall back to the trait name."""
+    """Only NULL or an empty string fall back to the trait name."""
     one_zip_band(conn)
     tag(conn, M1, ZIP_02140, " ")
     assert build_snapshot(conn, M1, B1) == snapshot([4, "Home Zip Code", 1, [[101, " ", 2140]]])
@@ -254,7 +254,7 @@ def test_names_and_values_are_json_escaped(conn):
 
 
 # --------------------------------------------------------------------------
-# filters (domain.md 10.13, 10.14)
+# filters: which tags go into the snapshot
 
 
 def test_tags_of_same_parent_outside_the_band_are_excluded(conn):
@@ -275,8 +275,8 @@ def test_all_matching_tags_are_kept_not_one_per_group(conn):
 
 
 def test_parent_trait_row_cannot_be_missing(conn):
-    """domain.md 10.13 (children of a missing parent) cannot happen in pgsnap:
-    traits.parent_trait_id is a foreign key, so the parent row always exists."""
+    """Children of a missing parent cannot happen in pgsnap: traits.parent_trait_id
+    is a foreign key, so the parent row always exists."""
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         add_trait(conn, 2, "orphan", parent=999)
 
@@ -314,11 +314,11 @@ def test_grandchild_is_listed_under_its_immediate_parent(conn):
 
 
 # --------------------------------------------------------------------------
-# ordering (domain.md 10.16)
+# ordering
 
 
 def test_parents_with_equal_display_order_are_ordered_by_id(conn):
-    """Parents 1 and 4 of Example 1 share display_order 1; created 4 first."""
+    """Parents 1 and 4 of the worked example share display_order 1; created 4 first."""
     add_trait(conn, 4, "Home Zip Code", order=1)
     add_trait(conn, 1, "Sex (Biological)", order=1)
     add_trait(conn, 101, "02140", parent=4, order=2140)
@@ -371,7 +371,7 @@ def test_children_are_ordered_by_display_order_before_trait_id(conn):
 
 
 # --------------------------------------------------------------------------
-# empty, never NULL (domain.md 10.19, 10.24)
+# empty, never NULL
 
 
 def test_snapshot_of_me_file_without_tags_is_empty(conn):
@@ -410,7 +410,7 @@ def test_populate_never_writes_null_snapshots(conn):
 
 
 def test_population_snapshot_cannot_be_null(conn):
-    """design.md section 3: NOT NULL enforced by PostgreSQL on populations."""
+    """NOT NULL enforced by PostgreSQL on populations (docs/rules.md, "What the database enforces")."""
     seed_worked_example(conn)
     with pytest.raises(psycopg.errors.IntegrityError):
         rows(
@@ -423,7 +423,7 @@ def test_population_snapshot_cannot_be_null(conn):
 
 @pytest.mark.parametrize("bad", ['{}', '{"tags": {}}', '[]', '{"tags": null}', '"tags"'])
 def test_population_snapshot_shape_is_checked(conn, bad):
-    """design.md section 3: a CHECK that the value is an object whose tags is an array."""
+    """A CHECK that the value is an object whose tags is an array (docs/rules.md, "The snapshot")."""
     seed_worked_example(conn)
     with pytest.raises(psycopg.errors.CheckViolation):
         rows(

@@ -1,4 +1,4 @@
-"""Static checks of the SQL (issue 8 item 5), run by `make test` and therefore by CI.
+"""Static checks of the SQL, run by `make test` and therefore by CI.
 
 * plpgsql_check over every PL/pgSQL function and procedure of schema pgsnap, with every warning
   class on: no error and no warning outside the commented allow-list below;
@@ -26,7 +26,7 @@ ALLOWED_WARNINGS = {
     ("pgsnap._notice(text,jsonb)", "routine is marked as VOLATILE, should be IMMUTABLE", None):
         "It sends a NOTICE: a side effect the planner must not fold away or skip.",
     ("pgsnap.sync_me_file(bigint)", PERF_CAST, 'cast "bigint" value to "integer" type'):
-        "The contract returns int (design.md section 4) while pgsnap._sync counts in bigint: the "
+        "The contract returns int (docs/sql-api.md) while pgsnap._sync counts in bigint: the "
         "count is at most one row per target for one me_file, far below 2^31; one cast per call.",
     ("pgsnap.populate_target(bigint,integer)", PERF_CAST, 'cast "integer" value to "bigint" type'):
         "DECLARE v_ins/v_mov/v_ref/v_del bigint := 0: the literal is cast once per call.",

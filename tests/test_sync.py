@@ -1,19 +1,20 @@
-"""Inline sync: tag writes and registrations keep populations up to date (issue 4).
+"""Inline sync: tag writes and registrations keep populations up to date.
 
-design.md sections 3-4 are the rules: statement triggers on `me_file_tags`
-and `me_files` queue the changed (me_file, trait) pairs and one deferred
-trigger per transaction brings those me_files up to date at COMMIT, in the
-*maintained* targets (status populating or populated) whose bands reference a
-changed trait. Populations stay fresh (a snapshot that changes is rewritten in
-place), rows that do not change are not written at all, and sync does not
-depend on campaigns.
+The rules are in docs/rules.md, "Freshness: what is maintained": statement
+triggers on `me_file_tags` and `me_files` queue the changed (me_file, trait)
+pairs and one deferred trigger per transaction brings those me_files up to
+date at COMMIT, in the *maintained* targets (status populating or populated)
+whose bands reference a changed trait. Populations stay fresh (a snapshot that
+changes is rewritten in place), rows that do not change are not written at
+all, and sync does not depend on campaigns.
 
-Covers domain.md section 10 items 20-23 and 25 under those rules, the three
-cases of domain.md 5.4 Example 2 as whole JSON values, registration,
-deletion, transactions (rollback, savepoints, delete-then-insert), the
-explicit `pgsnap.sync_me_file`, `pgsnap sync` on the command line, and one
-statement changing the tags of 5,000 me_files. Item 26 (sync racing populate)
-is in test_sync_concurrency.py.
+Covers the three cases of Example 2 (tests/helpers.py) as whole JSON values,
+sync's scope (the maintained targets, whatever their campaigns), one sync per
+me_file per transaction on its final tags, registration, deletion,
+transactions (rollback, savepoints, delete-then-insert), the explicit
+`pgsnap.sync_me_file`, `pgsnap sync` on the command line, and one statement
+changing the tags of 5,000 me_files. Sync racing populate is in
+test_sync_concurrency.py.
 
 Population rows are compared whole: (band, snapshot) per me_file, and where a
 row must not be written, its physical version (xmin) as well.
@@ -74,7 +75,7 @@ T3 = 3
 B21, B31 = 21, 31
 M5, M10, M11 = 5, 10, 11
 
-# snapshot parts of domain.md 5.4 (parent entries)
+# snapshot parts of the worked example (parent entries)
 SEX_FEMALE = [1, "Sex (Biological)", 1, [[3, "Female", 2]]]
 ZIP_BOSTON = [4, "Home Zip Code", 1, [[101, "02140", 2140]]]
 HIKE, CHESS_ = [52, "Hiking", 1], [53, "Chess", 3]
@@ -87,7 +88,7 @@ def hobbies(*children):
 FEMALE_ONLY = snapshot(SEX_FEMALE)
 FEMALE_BOSTON = snapshot(SEX_FEMALE, ZIP_BOSTON)
 
-# Example 1 of domain.md 5.4: what T1 holds after populate
+# Example 1 (the worked example of docs/rules.md): what T1 holds after populate
 EXAMPLE_1_ROWS = {
     M1: (B1, snapshot(SEX_FEMALE, ZIP_BOSTON, hobbies(HIKE, CHESS_))),
     M2: (B2, FEMALE_BOSTON),
@@ -148,7 +149,7 @@ def sync_me_file(conn, me_file) -> int:
 
 
 def populated_example(conn):
-    """Example 1 of domain.md 5.4, T1 populated; returns T1's row versions by me_file."""
+    """Example 1 (the worked example), T1 populated; returns T1's row versions by me_file."""
     seed_worked_example(conn)
     populate(conn, T1)
     assert populations(conn, T1) == EXAMPLE_1_ROWS
@@ -203,11 +204,11 @@ def reset_audit(conn) -> None:
 
 
 # --------------------------------------------------------------------------
-# domain.md 5.4 Example 2 and section 10 items 20-22, as whole rows
+# Example 2 (tests/helpers.py): a tag added, answers replaced, a last tag deleted, as whole rows
 
 
 def test_example2a_tag_added_moves_me_file_inward(conn):
-    """Item 20 / Example 2(a): M2 adds 52 "Hiking" → B1 with a fresh snapshot.
+    """Example 2(a): M2 adds 52 "Hiking" → B1 with a fresh snapshot.
     pgsnap's move rewrites the one (T1, M2) row in place."""
     before = populated_example(conn)
     tag(conn, M2, HIKING, "Hiking")
@@ -225,7 +226,7 @@ def test_example2a_tag_added_moves_me_file_inward(conn):
 
 
 def test_example2b_answers_replaced_within_the_band_refresh_the_snapshot(conn):
-    """Item 21 / Example 2(b): M1 replaces its Hobbies answers with only 53 "Chess"
+    """Example 2(b): M1 replaces its Hobbies answers with only 53 "Chess"
     (delete every Hobbies tag, insert the new one, one transaction, as the app does).
     Still B1; unlike the original the snapshot is rewritten (no stale Hiking), in place."""
     before = populated_example(conn)
@@ -248,7 +249,7 @@ def test_example2b_answers_replaced_within_the_band_refresh_the_snapshot(conn):
 
 
 def test_example2c_last_matching_tag_deleted_deletes_the_row(conn):
-    """Item 22 / Example 2(c): M3 deletes 3 "Female" → in no band of T1 → row gone."""
+    """Example 2(c): M3 deletes 3 "Female" → in no band of T1 → row gone."""
     before = populated_example(conn)
     untag(conn, M3, FEMALE)
     assert populations(conn, T1) == {M1: EXAMPLE_1_ROWS[M1], M2: EXAMPLE_1_ROWS[M2]}
@@ -327,7 +328,7 @@ def test_zip_typed_differently_refreshes_the_snapshot_in_place(conn):
 
 
 def test_blank_tag_value_showing_the_same_text_writes_nothing(conn):
-    """A NULL or '' tag_value shows the trait's name (design.md section 3): "02140"
+    """A NULL or '' tag_value shows the trait's name (docs/rules.md): "02140"
     → NULL → '' leaves the snapshot identical, so the row is never rewritten."""
     before = populated_example(conn)
     set_tag_value(conn, M2, ZIP_02140, None)
@@ -462,11 +463,11 @@ def test_copy_into_tags_is_synced(conn):
 
 
 # --------------------------------------------------------------------------
-# item 23 and statuses: the scope is the maintained targets
+# campaigns and statuses: the scope is the maintained targets
 
 
 def test_target_without_active_campaign_keeps_its_rows(conn):
-    """Item 23 under design.md: T1 has only a deactivated campaign, T2 none at all.
+    """Sync does not depend on campaigns: T1 has only a deactivated campaign, T2 none at all.
     A tag change of M2 syncs M2 in both and deletes nobody's rows."""
     seed_worked_example(conn)
     add_target(conn, T2, bands=[(B21, [G10], True)])
@@ -509,7 +510,7 @@ def test_not_populated_target_is_left_alone_next_to_a_populated_one(conn):
 
 
 def test_target_set_back_to_not_populated_is_not_synced(conn):
-    """design.md section 3: sync leaves a not_populated target alone (its rows too)."""
+    """Sync leaves a not_populated target alone (its rows too)."""
     before = populated_example(conn)
     set_target_status(conn, T1, "not_populated")
     untag(conn, M3, FEMALE)
@@ -542,11 +543,11 @@ def test_target_without_bands_is_ignored(conn):
 
 
 # --------------------------------------------------------------------------
-# item 25: once per me_file per transaction, on the final state of its tags
+# once per me_file per transaction, on the final state of its tags
 
 
 def test_three_tag_statements_in_one_transaction_write_the_row_once(conn):
-    """Item 25 (debounce): three statements touching M2 in one transaction →
+    """Debounce: three statements touching M2 in one transaction →
     one _reconcile at COMMIT, one new version of M2's row, on the final tags."""
     before = populated_example(conn)
     install_audit(conn)
@@ -596,7 +597,7 @@ def test_many_statements_over_several_me_files_sync_once_set_based(conn):
 
 
 def test_delete_then_insert_of_the_same_tags_leaves_rows_untouched(conn):
-    """design.md section 4: a rewrite of a me_file's tags inside one transaction keeps
+    """A rewrite of a me_file's tags inside one transaction keeps
     the population rows (id, created_at, updated_at and xmin: no new version)."""
     seed_worked_example(conn)
     add_target(conn, T2, bands=[(B21, [G10, G30], True)])

@@ -1,4 +1,4 @@
-"""Inline sync racing populate and other writers (domain.md section 10 item 26, issue 4).
+"""Inline sync racing populate and other writers (docs/rules.md, "Sync" and "Populate").
 
 The original could leave a me_file in two bands of one target, or lose a row,
 when its per-me_file sync ran while a bulk refresh of the target was under
@@ -62,7 +62,7 @@ from tests.helpers import (
 )
 
 # --------------------------------------------------------------------------
-# item 26 at random: populate of a 20,000-me_file target under tag traffic
+# sync racing populate at random: populate of a 20,000-me_file target under tag traffic
 
 N_ME_FILES = 20_000
 ZIPS = list(range(101, 121))          # 20 zips; group 20 holds the first ten
@@ -223,7 +223,7 @@ class Worker(threading.Thread):
 
 @pytest.mark.parametrize("seed", [11, 22, 33])
 def test_sync_racing_populate_leaves_no_difference(conn, new_conn, seed):
-    """Item 26: populate_target(T, 200) on 20,000 me_files while 4 connections write
+    """populate_target(T, 200) on 20,000 me_files while 4 connections write
     tags; afterwards both targets equal their recomputation (and the Python reference
     model), one row per (target, me_file), no NULL snapshot, no deadlock."""
     with sync_triggers_disabled(conn), psycopg.ClientCursor(conn) as cur:  # no target maintained yet
