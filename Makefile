@@ -8,7 +8,7 @@ setup:
 	@scripts/setup.sh
 
 test: setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/pgsnap demo
