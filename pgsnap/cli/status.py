@@ -17,7 +17,7 @@ import psycopg
 
 from pgsnap import db, deploy
 from pgsnap.cli.app import App, pass_app
-from pgsnap.cli.output import echo_json, iso, json_option, table, utc
+from pgsnap.cli.output import echo_json, iso, json_option, jsonable, table, utc
 from pgsnap.errors import PgsnapError, describe_db_error, first_line
 from pgsnap.health import snapshot_health
 from pgsnap.schedule import cron, jobs, scheduler
@@ -160,16 +160,6 @@ SECTIONS: list[tuple[str, str, Reader, Callable[[Any], list[str]]]] = [
 ]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 @click.command()
 @json_option
 @pass_app
@@ -183,7 +173,7 @@ def status(app: App, as_json: bool) -> None:
     for key, title, read, render in SECTIONS:
         try:
             data = read(conn, app, now)
-            report[key], lines = _jsonable(data), render(data)
+            report[key], lines = jsonable(data), render(data)
         except (psycopg.Error, PgsnapError) as exc:
             why = describe_db_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
             report[key], lines = {"unavailable": why}, [f"unavailable: {why}"]
