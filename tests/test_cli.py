@@ -167,6 +167,11 @@ def test_json_outputs_say_what_the_text_says(cli, seeded):
     status = json.loads(cli("status", "--json").stdout)
     assert status["targets"] == {"counts": {"populated": 1, "populating": 0, "not_populated": 1},
                                  "populating": []}
+    assert status["stale_targets"] == []
+    assert status["band_counts"] == [{"target_id": T1, "status": "populated", "bands": [
+        {"target_band_id": B1, "tier": 0, "population": 1},
+        {"target_band_id": B2, "tier": 1, "population": 1},
+        {"target_band_id": B3, "tier": 2, "population": 1}]}]
     assert status["snapshots"] == {"target_populations": {"null": 0, "rows": 3},
                                    "offers": {"null": 0, "rows": 0}, "ad_events": {"null": 0, "rows": 0}}
     assert status["migrations"]["pending"] == [] and status["migrations"]["lock"] is None

@@ -1,7 +1,8 @@
 """CLI: status — what is going on, section by section.
 
-`pgsnap status` shows targets by status, NULL snapshots, the latest backfill runs, the schedule
-with next run times and the migrations; it also describes a database that is behind or ahead,
+`pgsnap status` shows targets by status, the targets a catalogue edit left stale (since when, how
+long), the band counts of every maintained target, NULL snapshots, the latest backfill runs, the
+schedule with next run times and the migrations; it also describes a database that is behind or ahead,
 section by section (a section that cannot be read says why). `--json`: the same data as one
 JSON object on stdout.
 """
@@ -17,10 +18,11 @@ import psycopg
 
 from pgsnap import db, deploy
 from pgsnap.cli.app import App, pass_app
-from pgsnap.cli.output import echo_json, iso, json_option, jsonable, table, utc
+from pgsnap.cli.output import age, echo_json, iso, json_option, jsonable, table, utc
 from pgsnap.errors import PgsnapError, describe_db_error, first_line
 from pgsnap.health import snapshot_health
 from pgsnap.schedule import cron, jobs, scheduler
+from pgsnap.schedule.jobs import STALE
 
 STATUSES = ("populated", "populating", "not_populated")
 NOT_INSTALLED = "pgsnap is not installed in this database yet: run `pgsnap migrate`"
@@ -51,6 +53,56 @@ def _targets_text(data: dict) -> list[str]:
         who = f"pid {t['populated_by']} is populating it" if t["populated_by"] else "nobody is populating it"
         lines.append(f"target {t['target_id']} populating {started}; {who}")
     return lines
+
+
+def _require(conn: psycopg.Connection, routine: str) -> None:
+    if not conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [routine]).fetchone()[0]:
+        raise PgsnapError(NOT_INSTALLED)
+
+
+def _stale_targets(conn: psycopg.Connection, app: App, now: datetime) -> list[dict]:
+    """pgsnap.stale_targets(), oldest first; the age is measured on the header's clock."""
+    _require(conn, "pgsnap.stale_targets()")
+    return [{"target_id": t, "stale_since": since, "age_seconds": max(0, int((now - since).total_seconds())),
+             "kind": kind, "reason": reason}
+            for t, since, kind, reason in conn.execute(
+                "SELECT target_id, stale_since, kind, reason FROM pgsnap.stale_targets()")]
+
+
+def _stale_targets_text(stale: list[dict]) -> list[str]:
+    if not stale:
+        return ["none: every maintained target follows the catalogue"]
+    return [*table([("target", "stale since (UTC)", "age", "kind", "reason")]
+                   + [(s["target_id"], utc(s["stale_since"]), age(s["age_seconds"]), s["kind"], s["reason"])
+                      for s in stale]),
+            f"re-populate them now: `pgsnap populate --stale` (the {STALE.name} job does, when scheduled)"]
+
+
+BAND_COUNTS = ("SELECT t.id, t.population_status, c.target_band_id, c.tier, c.population"
+               "  FROM public.targets t"
+               "  LEFT JOIN LATERAL pgsnap.band_counts(t.id) c ON true"
+               " WHERE t.population_status IN ('populating', 'populated')"
+               " ORDER BY t.id, c.tier, c.target_band_id")
+
+
+def _band_counts(conn: psycopg.Connection, app: App, now: datetime) -> list[dict]:
+    """pgsnap.band_counts() of every maintained target (populating or populated), by target id."""
+    _require(conn, "pgsnap.band_counts(bigint)")
+    targets: dict[int, dict] = {}
+    for target_id, status, band_id, tier, population in conn.execute(BAND_COUNTS):
+        target = targets.setdefault(target_id, {"target_id": target_id, "status": status, "bands": []})
+        if band_id is not None:
+            target["bands"].append({"target_band_id": band_id, "tier": tier, "population": population})
+    return list(targets.values())
+
+
+def _band_counts_text(targets: list[dict]) -> list[str]:
+    if not targets:
+        return ["no maintained target (populating or populated)"]
+    return table([("target", "status", "tier", "band", "population")]
+                 + [(t["target_id"], t["status"], b["tier"], b["target_band_id"], b["population"])
+                    for t in targets for b in t["bands"] or [{"tier": None, "target_band_id": None,
+                                                               "population": None}]])
 
 
 def _snapshots(conn: psycopg.Connection, app: App, now: datetime) -> dict:
@@ -153,6 +205,8 @@ def _migrations_text(data: dict) -> list[str]:
 Reader = Callable[[psycopg.Connection, App, datetime], Any]
 SECTIONS: list[tuple[str, str, Reader, Callable[[Any], list[str]]]] = [
     ("targets", "targets", _targets, _targets_text),
+    ("stale_targets", "stale targets", _stale_targets, _stale_targets_text),
+    ("band_counts", "band counts (maintained targets)", _band_counts, _band_counts_text),
     ("snapshots", "snapshots", _snapshots, _snapshots_text),
     ("backfill_runs", "backfill runs (latest 5)", _backfill_runs, _backfill_runs_text),
     ("schedule", "schedule", _schedule, _schedule_text),
@@ -164,7 +218,7 @@ SECTIONS: list[tuple[str, str, Reader, Callable[[Any], list[str]]]] = [
 @json_option
 @pass_app
 def status(app: App, as_json: bool) -> None:
-    """Targets by status, NULL snapshots, backfill runs, schedule, pending migrations."""
+    """Targets by status, stale targets, band counts, NULL snapshots, backfill runs, schedule, migrations."""
     conn = app.connect(check=False)  # status also describes a database that is behind or ahead
     now = scheduler.utcnow()  # one clock for the header and the next runs
     report: dict[str, Any] = {"server": db.server_label(app.dsn), "at": iso(now)}
