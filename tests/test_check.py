@@ -575,7 +575,7 @@ def test_status_shows_stale_targets_with_their_age_and_band_counts(cli, conn, he
     assert section(result.stdout, "stale targets") == [
         "target  stale since (UTC)    age     kind        reason",
         f"{T1}       2026-01-02 03:04:05  2h 05m  membership  traits of trait group 20 changed",
-        "re-populate them now: `pgsnap populate --stale` (the pgsnap-stale job does, when scheduled)",
+        "re-populate them now: `pgsnap populate --stale` (the pgsnap-stale job does it when scheduled)",
     ]
     assert section(result.stdout, "band counts (maintained targets)") == [
         "target  status      tier  band  population",

@@ -75,7 +75,7 @@ def _stale_targets_text(stale: list[dict]) -> list[str]:
     return [*table([("target", "stale since (UTC)", "age", "kind", "reason")]
                    + [(s["target_id"], utc(s["stale_since"]), age(s["age_seconds"]), s["kind"], s["reason"])
                       for s in stale]),
-            f"re-populate them now: `pgsnap populate --stale` (the {STALE.name} job does, when scheduled)"]
+            f"re-populate them now: `pgsnap populate --stale` (the {STALE.name} job does it when scheduled)"]
 
 
 BAND_COUNTS = ("SELECT t.id, t.population_status, c.target_band_id, c.tier, c.population"
