@@ -102,11 +102,14 @@ def backfill(conn: psycopg.Connection, batch_size: int | None = None, max_batche
 
 
 def populate_summary(event: Event) -> str:
-    """One line for a populate `done` event."""
+    """One line for a populate `done` event; it ends with how the rows were found: `scanned`
+    (the rule over the me_files) or `copied from target N` (a twin's rows)."""
     target = f"target {event['target_id']}"
     if event.get("status") == "not_populated":
         return f"{target}: no bands, status not_populated"
-    how = (f", copied from target {event['source_target_id']}" if event.get("method") == "copied" else "")
+    method = event.get("method")
+    how = (f", copied from target {event['source_target_id']}" if method == "copied" else
+           f", {method}" if method else "")
     return (f"{target}: {event['inserted']} inserted, {event['moved']} moved, {event['deleted']} deleted, "
             f"{event['refreshed']} refreshed, {event['unchanged']} unchanged "
             f"({event['batches']} batches, {event['seconds']:.2f}s{how})")

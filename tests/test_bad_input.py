@@ -330,6 +330,9 @@ def test_database_behind_is_refused_exit_2(behind, cli, args):
 def test_database_behind_is_described_not_refused_by_status_and_migrations(behind, cli):
     status = cli("status", dsn=behind)
     assert (status.exit_code, status.stderr) == (0, "")
+    not_installed = "  unavailable: pgsnap is not installed in this database yet: run `pgsnap migrate`\n\n"
+    for title in ("stale targets", "band counts (maintained targets)"):
+        assert f"{title}\n{not_installed}" in status.stdout
     later = [m.id for m in deploy.read_migrations()[1:]]
     assert status.stdout.endswith(f"  1 applied, {len(later)} pending\n" + "".join(
         f"  pending: {mid}\n" for mid in later) + "  run `pgsnap migrate`\n\n")

@@ -19,13 +19,14 @@ import psycopg
 import pytest
 
 from pgsnap import deploy
-from pgsnap.schedule import cron
+from pgsnap.schedule import cron, scheduler
 from tests.helpers import (
     B1,
     B2,
     B3,
     B9,
     G10,
+    G20,
     HIKING,
     M1,
     M2,
@@ -34,6 +35,8 @@ from tests.helpers import (
     T1,
     T2,
     ZIP_02140,
+    ZIP_10028,
+    add_group_trait,
     add_target,
     execute,
     populate,
@@ -494,7 +497,8 @@ def test_status_shows_every_section(cli, conn, healthy):
     out = result.stdout
     assert re.match(r"pgsnap status of 127\.0\.0\.1:\d+/\S+ at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\n\n", out)
     assert [ln for ln in out.splitlines() if ln and not ln.startswith(" ")][1:] == [
-        "targets", "snapshots", "backfill runs (latest 5)", "schedule", "migrations"]
+        "targets", "stale targets", "band counts (maintained targets)", "snapshots",
+        "backfill runs (latest 5)", "schedule", "migrations"]
     assert section(out, "targets") == [
         "populated      1",
         "populating     1",
@@ -555,6 +559,64 @@ def test_status_names_a_held_migration_lock(cli, conn):
     assert section(cli("status").stdout, "migrations")[1:] == [
         "migration lock held by process 4242 since 2026-01-02 03:04:05 UTC; if no `pgsnap migrate`"
         " is running, it is stale: DELETE FROM yoyo_lock"]
+
+
+def test_status_shows_stale_targets_with_their_age_and_band_counts(cli, conn, healthy, monkeypatch):
+    assert section(cli("status").stdout, "stale targets") == [
+        "none: every maintained target follows the catalogue"]
+    set_target_status(conn, T2, "populating")
+    add_group_trait(conn, G20, ZIP_10028)  # T1 stale: M3 now belongs in B1
+    execute(conn, "UPDATE pgsnap.target_state SET stale_since = '2026-01-02 03:04:05+00'"
+                  " WHERE target_id = %s", (T1,))
+    monkeypatch.setattr(scheduler, "utcnow", lambda: datetime(2026, 1, 2, 5, 9, 8, tzinfo=UTC))
+    result = cli("status")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[0].endswith(" at 2026-01-02 05:09:08 UTC")
+    assert section(result.stdout, "stale targets") == [
+        "target  stale since (UTC)    age     kind        reason",
+        f"{T1}       2026-01-02 03:04:05  2h 05m  membership  traits of trait group 20 changed",
+        "re-populate them now: `pgsnap populate --stale` (the pgsnap-stale job does it when scheduled)",
+    ]
+    assert section(result.stdout, "band counts (maintained targets)") == [
+        "target  status      tier  band  population",
+        f"{T1}       populated   0     {B1}     1",
+        f"{T1}       populated   1     {B2}     1",
+        f"{T1}       populated   2     {B3}     1",
+        f"{T2}       populating  0     {B9}     0",
+    ]
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["stale_targets"] == [
+        {"target_id": T1, "stale_since": "2026-01-02T03:04:05Z", "age_seconds": 2 * 3600 + 5 * 60 + 3,
+         "kind": "membership", "reason": "traits of trait group 20 changed"}]
+    assert report["band_counts"] == [
+        {"target_id": T1, "status": "populated", "bands": [
+            {"target_band_id": B1, "tier": 0, "population": 1},
+            {"target_band_id": B2, "tier": 1, "population": 1},
+            {"target_band_id": B3, "tier": 2, "population": 1}]},
+        {"target_id": T2, "status": "populating", "bands": [
+            {"target_band_id": B9, "tier": 0, "population": 0}]},
+    ]
+    assert cli("populate", "--stale").exit_code == 0
+    out = cli("status").stdout
+    assert section(out, "stale targets") == ["none: every maintained target follows the catalogue"]
+    assert section(out, "band counts (maintained targets)")[1:4] == [
+        f"{T1}       populated   0     {B1}     2",   # M3 joined the bullseye
+        f"{T1}       populated   1     {B2}     1",
+        f"{T1}       populated   2     {B3}     0",
+    ]
+
+
+def test_status_band_counts_of_no_maintained_target_and_of_one_without_bands(cli, conn):
+    assert section(cli("status").stdout, "band counts (maintained targets)") == [
+        "no maintained target (populating or populated)"]
+    add_target(conn, 7)
+    set_target_status(conn, 7, "populated")
+    assert section(cli("status").stdout, "band counts (maintained targets)") == [
+        "target  status     tier  band  population",
+        "7       populated  -     -     -",
+    ]
+    assert json.loads(cli("status", "--json").stdout)["band_counts"] == [
+        {"target_id": 7, "status": "populated", "bands": []}]
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ EXIT_TABLE = [
     (["check"], nothing, 0),
     (["status"], nothing, 0),
     (["verify", "1"], nothing, 0),
+    (["explain", "1", "1"], nothing, 0),
     (["metrics"], nothing, 0),
     (["schedule", "install", "--runner", "pgsnap"], nothing, 0),
     (["schedule", "list"], nothing, 0),
@@ -94,6 +95,7 @@ EXIT_TABLE = [
     # 1: a finding, or work that failed
     (["check"], rows_in_not_populated_target, 1),
     (["verify", "1"], rows_in_not_populated_target, 1),
+    (["explain", "1", "1"], rows_in_not_populated_target, 1),
     (["launch", "2"], nothing, 1),
     (["schedule", "run", "--once", "broken"], add_job("broken", "SELECT 1/0"), 1),
     # 2: cannot run (usage, not found, behind/ahead are in test_bad_input)
@@ -102,6 +104,8 @@ EXIT_TABLE = [
     (["sync", "999"], nothing, 2),
     (["launch", "999"], nothing, 2),
     (["verify", "999"], nothing, 2),
+    (["explain", "1", "999"], nothing, 2),
+    (["explain", "999", "1"], nothing, 2),
     (["backfill", "--band", "999"], nothing, 2),
     (["grant", "--app-role", "no_such_role"], nothing, 2),
     (["schedule", "next", "--name", "nope"], nothing, 2),
@@ -140,6 +144,7 @@ def test_a_lock_not_obtained_in_time_exits_3(cli, seeded, new_conn):
 
 # -- --json ----------------------------------------------------------------------------------------
 JSON_COMMANDS = [["check", "--json"], ["status", "--json"], ["verify", "1", "--json"],
+                 ["explain", "1", "1", "--json"],
                  ["migrations", "--json"], ["migrate", "--plan", "--json"], ["migrate", "--json"],
                  ["adopt", "--json"], ["schedule", "list", "--json"], ["schedule", "next", "--json"],
                  ["populate", "1", "--json"], ["backfill", "--json"], ["backfill", "--dry-run", "--json"],
@@ -162,6 +167,11 @@ def test_json_outputs_say_what_the_text_says(cli, seeded):
     status = json.loads(cli("status", "--json").stdout)
     assert status["targets"] == {"counts": {"populated": 1, "populating": 0, "not_populated": 1},
                                  "populating": []}
+    assert status["stale_targets"] == []
+    assert status["band_counts"] == [{"target_id": T1, "status": "populated", "bands": [
+        {"target_band_id": B1, "tier": 0, "population": 1},
+        {"target_band_id": B2, "tier": 1, "population": 1},
+        {"target_band_id": B3, "tier": 2, "population": 1}]}]
     assert status["snapshots"] == {"target_populations": {"null": 0, "rows": 3},
                                    "offers": {"null": 0, "rows": 0}, "ad_events": {"null": 0, "rows": 0}}
     assert status["migrations"]["pending"] == [] and status["migrations"]["lock"] is None

@@ -26,6 +26,8 @@ from tests.helpers import (
     B9,
     FEMALE,
     G10,
+    G20,
+    G30,
     G40,
     G41,
     G50,
@@ -627,11 +629,31 @@ def test_cli_populate_two_targets_prints_one_summary_each(conn, cli):
     for line, target in zip(lines, (T1, T2), strict=True):
         assert re.fullmatch(
             rf"target {target}: 3 inserted, 0 moved, 0 deleted, 0 refreshed, 0 unchanged"
-            r" \(1 batches, \d+\.\d\ds\)",
+            r" \(1 batches, \d+\.\d\ds, scanned\)",
             line,
         ), line
     assert populations(conn, T1) == EXAMPLE_1_ROWS
     assert sorted(populations(conn, T2)) == [M1, M2, M3]
+
+
+def test_cli_populate_says_whether_it_copied_a_twin_or_scanned(conn, cli):
+    """A never-populated target whose bands match a populated target's is copied from it; a
+    re-populate scans. The text says which, and --json has the event's method and source."""
+    seed_worked_example(conn)
+    add_target(conn, T2, bands=[(21, [G10, G20, G30], True), (22, [G10, G20]), (23, [G10])])  # T1's
+    result = cli("populate", T1, T2)
+    assert (result.exit_code, result.stderr) == (0, ""), result.output
+    assert [re.sub(r"\d+\.\d\ds", "S", line) for line in result.stdout.splitlines()] == [
+        "target 1: 3 inserted, 0 moved, 0 deleted, 0 refreshed, 0 unchanged (1 batches, S, scanned)",
+        "target 2: 3 inserted, 0 moved, 0 deleted, 0 refreshed, 0 unchanged"
+        " (1 batches, S, copied from target 1)",
+    ]
+    add_target(conn, 3, bands=[(31, [G10, G20, G30], True), (32, [G10, G20]), (33, [G10])])
+    result = cli("populate", "--json", 3, T2)
+    assert (result.exit_code, result.stderr) == (0, ""), result.output
+    assert [(s["target_id"], s["method"], s["source_target_id"], s["inserted"], s["unchanged"])
+            for s in json_summaries(result.stdout)] == [(3, "copied", T1, 3, 0), (T2, "scanned", None, 0, 3)]
+    assert {m: b for m, (b, _) in populations(conn, 3).items()} == {M1: 31, M2: 32, M3: 33}
 
 
 def test_cli_populate_target_without_bands_says_so(conn, cli):

@@ -21,14 +21,14 @@ import click
 import psycopg
 
 import pgsnap
-from pgsnap.cli import backfill, demo, grant, migrations, populate, report, schedule
+from pgsnap.cli import backfill, demo, explain, grant, migrations, populate, report, schedule, status
 from pgsnap.cli.app import App
 from pgsnap.errors import Exit, PgsnapError, describe_db_error, exit_code_of
 
 COMMANDS = [
     migrations.migrate, migrations.rollback, migrations.migrations, migrations.adopt,
     populate.populate, populate.sync, populate.launch, backfill.backfill,
-    report.check, report.status, report.verify, report.metrics,
+    report.check, status.status, report.verify, explain.explain, report.metrics,
     schedule.schedule, grant.grant, demo.demo,
 ]
 

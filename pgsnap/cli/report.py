@@ -1,4 +1,4 @@
-"""CLI: check, verify, status — what an operator looks at.
+"""CLI: check, verify, metrics — what an operator looks at (status: pgsnap/cli/status.py).
 
 * `pgsnap check` prints `pgsnap.check_invariants()`: exit 0 healthy, 1 any violation, 2 cannot
   check (cannot connect, database behind or ahead of this pgsnap, the check itself failed).
@@ -6,31 +6,21 @@
   1 some, 2 no such target.
 * `pgsnap metrics` prints `pgsnap.metrics()` in the Prometheus text format (OpenMetrics'
   `# EOF` included), for a node_exporter textfile collector or any scraper.
-* `pgsnap status` shows targets by status, NULL snapshots, the latest backfill runs, the
-  schedule with next run times and the migrations; it also describes a database that is behind
-  or ahead, section by section (a section that cannot be read says why).
 
-check, verify and status have `--json`: the same data as one JSON object on stdout.
+check and verify have `--json`: the same data as one JSON object on stdout.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
 
 import click
 import psycopg
 
-from pgsnap import db, deploy
 from pgsnap.cli.app import App, pass_app
-from pgsnap.cli.output import echo_json, finish, iso, json_option, plural, table, utc
-from pgsnap.errors import Exit, PgsnapError, describe_db_error, first_line, from_db_error
-from pgsnap.health import snapshot_health
-from pgsnap.schedule import cron, jobs, scheduler
+from pgsnap.cli.output import echo_json, finish, json_option, plural, table
+from pgsnap.errors import Exit, PgsnapError, from_db_error
 
-STATUSES = ("populated", "populating", "not_populated")
 PROBLEMS = ("missing", "extra", "wrong_band", "stale_snapshot", "null_snapshot", "duplicate")
 
 
@@ -126,175 +116,3 @@ def verify(app: App, target_id: int, as_json: bool) -> None:
                    f"{head}: {plural(len(diffs), 'difference')} "
                    f"({', '.join(f'{counts[k]} {k}' for k in kinds)})")
     finish(Exit.FINDING if diffs else 0)
-
-
-# -- status --------------------------------------------------------------------------------------
-NOT_INSTALLED = "pgsnap is not installed in this database yet: run `pgsnap migrate`"
-
-
-def _exists(conn: psycopg.Connection, regclass: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass]).fetchone()[0]
-
-
-def _targets(conn: psycopg.Connection, app: App, now: datetime) -> dict:
-    counts = dict(conn.execute(
-        "SELECT population_status, count(*) FROM public.targets GROUP BY 1").fetchall())
-    populating = []
-    if conn.execute("SELECT to_regprocedure('pgsnap.populating_targets()') IS NOT NULL").fetchone()[0]:
-        populating = [{"target_id": t, "since": s, "last_populated_at": last, "populated_by": pid}
-                      for t, s, last, pid in conn.execute(
-                          "SELECT target_id, since, last_populated_at, populated_by"
-                          "  FROM pgsnap.populating_targets()")]
-    return {"counts": {**{s: counts.pop(s, 0) for s in STATUSES}, **dict(sorted(counts.items()))},
-            "populating": populating}
-
-
-def _targets_text(data: dict) -> list[str]:
-    lines = table(list(data["counts"].items()))
-    for t in data["populating"]:
-        started = (f"since {utc(t['since'])} UTC" if t["since"]
-                   else f"since an unknown time (last populated {utc(t['last_populated_at'])})")
-        who = f"pid {t['populated_by']} is populating it" if t["populated_by"] else "nobody is populating it"
-        lines.append(f"target {t['target_id']} populating {started}; {who}")
-    return lines
-
-
-def _snapshots(conn: psycopg.Connection, app: App, now: datetime) -> dict:
-    return {t: {"null": nulls, "rows": total} for t, (nulls, total) in snapshot_health(conn).items()}
-
-
-def _snapshots_text(data: dict) -> list[str]:
-    return table([("table", "NULL", "rows"), *((t, v["null"], v["rows"]) for t, v in data.items())])
-
-
-RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "batches", "target_populations", "offers",
-               "ad_events", "error")
-
-
-def _backfill_runs(conn: psycopg.Connection, app: App, now: datetime) -> list[dict]:
-    if not _exists(conn, "pgsnap.backfill_runs"):
-        raise PgsnapError(NOT_INSTALLED)
-    runs = conn.execute(
-        "SELECT id, started_at, finished_at, status, batches, target_populations, offers, ad_events,"
-        "       error FROM pgsnap.backfill_runs ORDER BY started_at DESC, id DESC LIMIT 5").fetchall()
-    return [dict(zip(RUN_COLUMNS, run, strict=True)) for run in runs]
-
-
-def _backfill_runs_text(runs: list[dict]) -> list[str]:
-    if not runs:
-        return ["no backfill run yet"]
-    return table([("id", "started (UTC)", "finished (UTC)", "status", "batches", "target_populations",
-                   "offers", "ad_events", "error")]
-                 + [(r["id"], utc(r["started_at"]), utc(r["finished_at"]), r["status"], r["batches"],
-                     r["target_populations"], r["offers"], r["ad_events"],
-                     first_line(r["error"]) if r["error"] else None) for r in runs])
-
-
-def _schedule(conn: psycopg.Connection, app: App, now: datetime) -> dict:
-    if not _exists(conn, "pgsnap.jobs"):
-        raise PgsnapError(NOT_INSTALLED)
-    with jobs.runners(conn, app.dsn) as r:
-        found = jobs.list_jobs(r)
-        cron_problem = r.cron_problem if r.cron is None else None
-    listed = []
-    for j in found:
-        entry = jobs.job_dict(j)
-        try:
-            entry["next_run"] = cron.next_runs(j.schedule, now, 1)[0] if j.active else None
-        except cron.CronError as exc:
-            entry["next_run"], entry["no_next_run"] = None, exc.reason
-        listed.append(entry)
-    leader = scheduler.leader_pid(conn) if any(j.runner == "pgsnap" and j.active for j in found) else None
-    return {"jobs": listed, "pgsnap_jobs": any(j.runner == "pgsnap" and j.active for j in found),
-            "scheduler_pid": leader, "pg_cron_problem": cron_problem}
-
-
-def _schedule_text(data: dict) -> list[str]:
-    lines = []
-    if data["jobs"]:
-        rows = [("runner", "jobid", "name", "schedule", "active", "last run (UTC)", "status",
-                 "next run (UTC)")]
-        for j in data["jobs"]:
-            upcoming = (utc(j["next_run"]) if j["next_run"] else
-                        f"none ({j['no_next_run']})" if "no_next_run" in j else "inactive")
-            rows.append((j["runner"], j["jobid"], j["name"], j["schedule"], "yes" if j["active"] else "no",
-                         utc(j["last_start"]), j["last_status"], upcoming))
-        lines += table(rows)
-    else:
-        lines.append("no jobs: the safety-net backfill is not scheduled; run `pgsnap schedule install`")
-    if data["pgsnap_jobs"]:
-        lines.append(f"pgsnap scheduler: leader pid {data['scheduler_pid']}" if data["scheduler_pid"] else
-                     "pgsnap scheduler: not running; its jobs run only under `pgsnap schedule run`")
-    if data["pg_cron_problem"]:
-        lines.append(f"pg_cron: not used ({data['pg_cron_problem']})")
-    return lines
-
-
-def _migrations(conn: psycopg.Connection, app: App, now: datetime) -> dict:
-    rows = deploy.status(conn)
-    known = {m.id for m in deploy.read_migrations()}
-    lock = None
-    if _exists(conn, "yoyo_lock"):  # a `pgsnap migrate` is running, or one died and left it (stale)
-        row = conn.execute("SELECT pid, ctime FROM yoyo_lock ORDER BY ctime LIMIT 1").fetchone()
-        lock = {"pid": row[0], "since": row[1].replace(tzinfo=UTC)} if row else None
-    return {"applied": [mid for mid, at in rows if at is not None],
-            "pending": [mid for mid, at in rows if at is None],
-            "unknown": [mid for mid, at in rows if at is not None and mid not in known],
-            "lock": lock}
-
-
-def _migrations_text(data: dict) -> list[str]:
-    lines = [f"{len(data['applied'])} applied, {len(data['pending'])} pending"]
-    lines += [f"pending: {mid}" for mid in data["pending"]]
-    if data["pending"]:
-        lines.append("run `pgsnap migrate`")
-    lines += [f"applied but unknown to this pgsnap: {mid} (upgrade pgsnap)" for mid in data["unknown"]]
-    if data["lock"]:
-        lock = data["lock"]
-        lines.append(f"migration lock held by process {lock['pid']} since {utc(lock['since'])} UTC;"
-                     " if no `pgsnap migrate` is running, it is stale: DELETE FROM yoyo_lock")
-    return lines
-
-
-Reader = Callable[[psycopg.Connection, App, datetime], Any]
-SECTIONS: list[tuple[str, str, Reader, Callable[[Any], list[str]]]] = [
-    ("targets", "targets", _targets, _targets_text),
-    ("snapshots", "snapshots", _snapshots, _snapshots_text),
-    ("backfill_runs", "backfill runs (latest 5)", _backfill_runs, _backfill_runs_text),
-    ("schedule", "schedule", _schedule, _schedule_text),
-    ("migrations", "migrations", _migrations, _migrations_text),
-]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-@click.command()
-@json_option
-@pass_app
-def status(app: App, as_json: bool) -> None:
-    """Targets by status, NULL snapshots, backfill runs, schedule, pending migrations."""
-    conn = app.connect(check=False)  # status also describes a database that is behind or ahead
-    now = scheduler.utcnow()  # one clock for the header and the next runs
-    report: dict[str, Any] = {"server": db.server_label(app.dsn), "at": iso(now)}
-    if not as_json:
-        click.echo(f"pgsnap status of {report['server']} at {utc(now)} UTC\n")
-    for key, title, read, render in SECTIONS:
-        try:
-            data = read(conn, app, now)
-            report[key], lines = _jsonable(data), render(data)
-        except (psycopg.Error, PgsnapError) as exc:
-            why = describe_db_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
-            report[key], lines = {"unavailable": why}, [f"unavailable: {why}"]
-        if not as_json:
-            click.echo(title)
-            click.echo("".join(f"  {line}\n" for line in lines))
-    if as_json:
-        echo_json(report)
