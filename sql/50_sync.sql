@@ -103,9 +103,11 @@ BEGIN
          WHERE m.me_file_id = ANY (v_files)
     ),
     current AS (
+        -- by me_file only (a me_file has at most one row per target), the targets a filter: an
+        -- index condition on target_id lets the generic plan AND in every row of the targets
         SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot, tp.inputs_hash
           FROM public.target_populations tp
-         WHERE tp.target_id = ANY (v_targets) AND tp.me_file_id = ANY (v_files)
+         WHERE tp.me_file_id = ANY (v_files) AND (tp.target_id = ANY (v_targets)) IS TRUE
     ),
     diff AS (
         SELECT c.id, coalesce(d.target_id, c.target_id) AS target_id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id,
