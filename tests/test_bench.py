@@ -142,6 +142,12 @@ def test_bench_tiny_reports_every_figure(pg_server, tmp_path):
     f = figures["f_backfill"]
     assert all(f["filled"][t] > 0 for t in ("target_populations", "offers", "ad_events"))
     assert sum(f["null_after"].values()) == 0 and f["fresh_rows"] > 0
+    assert (figures["copy_vs_scan"]["copied"], figures["copy_vs_scan"]["verify_differences"]) == (True, 0)
+    g = figures["g_rename"]
+    assert (g["written_equals_changed"], g["still_stale"]) == (True, 0) and g["rows_written"] > 0
+    assert figures["counts_churn"]["count_mismatches"] == 0
+    assert figures["e_wide_targets"]["targets_using_it"] == 3
+    assert set(figures["h_throughput"]["runs"]) == {"1", "8"}
     assert all(v is not None for v in report["ratios"].values()), report["ratios"]
     assert report["peak_rss_mb"] > 0
     assert {"nproc", "cpu", "postgres"} <= set(report["machine"])
