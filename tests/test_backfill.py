@@ -189,6 +189,22 @@ def test_ad_events_wait_for_their_null_offer(journey, empty_db_dsn):
     assert_filled_by_the_rules(conn, legacy)
 
 
+def test_an_ad_event_is_filled_only_once_its_offer_is(journey):
+    """Offers first, batch by batch (batches of 1: offers are still being filled while ad_events
+    are): after every batch, no filled ad_event points at an offer still NULL."""
+    conn, legacy = journey
+    early = []
+    while True:
+        result = h.rows(conn, "SELECT * FROM pgsnap.backfill_batch(1)")[0]
+        early += h.rows(conn, "SELECT a.id FROM ad_events a JOIN offers o ON o.id = a.offer_id"
+                              " WHERE a.matching_tags_snapshot IS NOT NULL"
+                              "   AND o.matching_tags_snapshot IS NULL")
+        if result == (0, 0, 0):
+            break
+    assert early == []
+    assert_filled_by_the_rules(conn, legacy)
+
+
 def test_batches_are_bounded_and_end_with_all_zeros(journey):
     conn, legacy = journey
     results = drain(conn, batch_size=2)
