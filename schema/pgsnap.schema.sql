@@ -1151,11 +1151,11 @@ BEGIN
          WHERE m.me_file_id = ANY (v_files)
     ),
     current AS (
-        -- by me_file only (a me_file has at most one row per target), the targets a filter: an
-        -- index condition on target_id lets the generic plan AND in every row of the targets
+        -- one (target, me_files) lookup per affected target: with both as plain ANY conditions
+        -- the generic plan ANDed in a bitmap of every row of the affected targets
         SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot, tp.inputs_hash
-          FROM public.target_populations tp
-         WHERE tp.me_file_id = ANY (v_files) AND (tp.target_id = ANY (v_targets)) IS TRUE
+          FROM unnest(v_targets) AS g(target_id)
+          JOIN public.target_populations tp ON tp.target_id = g.target_id AND tp.me_file_id = ANY (v_files)
     ),
     diff AS (
         SELECT c.id, coalesce(d.target_id, c.target_id) AS target_id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id,
@@ -1409,6 +1409,7 @@ DECLARE
     v_bands bigint[];
     v_n     bigint;
     v_frontier bigint;   -- the lowest offer id still NULL
+    v_probe    boolean;  -- check each ad_event's offer (offers held by others) instead
 BEGIN
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
         RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
@@ -1458,28 +1459,20 @@ BEGIN
     -- batch filled no offer although some are NULL (another session holds them), each ad_event's
     -- offer is checked instead.
     v_frontier := (SELECT min(o.id) FROM public.offers o WHERE o.matching_tags_snapshot IS NULL);
-    IF v_frontier IS NULL OR offers > 0 THEN
-        UPDATE public.ad_events a
-           SET matching_tags_snapshot = i.snapshot
-          FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
-                 WHERE x.matching_tags_snapshot IS NULL
-                   AND (x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier)
-                 ORDER BY x.id LIMIT p_batch_size
-                   FOR UPDATE SKIP LOCKED) c
-         CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
-         WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
-    ELSE
-        UPDATE public.ad_events a
-           SET matching_tags_snapshot = i.snapshot
-          FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
-                 WHERE x.matching_tags_snapshot IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM public.offers o
-                                    WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
-                 ORDER BY x.id LIMIT p_batch_size
-                   FOR UPDATE SKIP LOCKED) c
-         CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
-         WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
-    END IF;
+    v_probe := v_frontier IS NOT NULL AND offers = 0;
+    UPDATE public.ad_events a
+       SET matching_tags_snapshot = i.snapshot
+      FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+             WHERE x.matching_tags_snapshot IS NULL
+               AND CASE WHEN v_probe
+                        THEN NOT EXISTS (SELECT 1 FROM public.offers o
+                                          WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
+                        ELSE x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier
+                   END
+             ORDER BY x.id LIMIT p_batch_size
+               FOR UPDATE SKIP LOCKED) c
+     CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+     WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     ad_events := v_n;
     RETURN NEXT;

@@ -103,11 +103,11 @@ BEGIN
          WHERE m.me_file_id = ANY (v_files)
     ),
     current AS (
-        -- by me_file only (a me_file has at most one row per target), the targets a filter: an
-        -- index condition on target_id lets the generic plan AND in every row of the targets
+        -- one (target, me_files) lookup per affected target: with both as plain ANY conditions
+        -- the generic plan ANDed in a bitmap of every row of the affected targets
         SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot, tp.inputs_hash
-          FROM public.target_populations tp
-         WHERE tp.me_file_id = ANY (v_files) AND (tp.target_id = ANY (v_targets)) IS TRUE
+          FROM unnest(v_targets) AS g(target_id)
+          JOIN public.target_populations tp ON tp.target_id = g.target_id AND tp.me_file_id = ANY (v_files)
     ),
     diff AS (
         SELECT c.id, coalesce(d.target_id, c.target_id) AS target_id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id,
