@@ -58,3 +58,12 @@ def _os_user() -> str:
         return getpass.getuser()
     except Exception:  # no passwd entry and no USER variable: libpq would fail the same way
         return "?"
+
+
+def routine_exists(conn: psycopg.Connection, signature: str) -> bool:
+    """Whether a routine (`pgsnap.backfill_plan()`) is installed: a database behind this pgsnap lacks it."""
+    return conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature]).fetchone()[0]
+
+
+def relation_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0]

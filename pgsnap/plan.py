@@ -19,7 +19,7 @@ import sqlparse
 from yoyo.migrations import Migration, read_sql_migration
 
 from pgsnap import deploy, resources
-from pgsnap.db import connect, server_label
+from pgsnap.db import connect, routine_exists, server_label
 from pgsnap.errors import describe_db_error
 from pgsnap.health import SNAPSHOT_TABLES, snapshot_health
 
@@ -84,7 +84,7 @@ def locks_of(migration: Migration, created: set[str]) -> tuple[dict[str, str], l
 
 def _backfill(conn: psycopg.Connection) -> dict:
     """The NULL snapshots a backfill would fill now, per table and source, and an estimate."""
-    installed = conn.execute("SELECT to_regprocedure('pgsnap.backfill_plan()') IS NOT NULL").fetchone()[0]
+    installed = routine_exists(conn, "pgsnap.backfill_plan()")
     tables: dict[str, dict] = {}
     if installed:
         for table, source, n in conn.execute("SELECT table_name, source, rows FROM pgsnap.backfill_plan()"

@@ -2,7 +2,7 @@
 
 import click
 
-from pgsnap import procedures
+from pgsnap import db, procedures
 from pgsnap.cli.app import App, pass_app
 from pgsnap.cli.output import echo_json, json_option, table
 from pgsnap.errors import Exit, PgsnapError
@@ -19,7 +19,7 @@ from pgsnap.progress import progress
 def backfill(app: App, band_id, batch_size, max_batches, dry_run, as_json):
     """Fill NULL matching_tags_snapshot values, parents before children."""
     conn = app.connect(allow_behind=True)  # must work mid-journey, before enforcement
-    if conn.execute("SELECT to_regprocedure('pgsnap.backfill_plan()') IS NULL").fetchone()[0]:
+    if not db.routine_exists(conn, "pgsnap.backfill_plan()"):
         raise PgsnapError("database is behind this pgsnap: run `pgsnap migrate`", Exit.CANNOT_RUN)
     if band_id is not None:
         _band(conn, band_id, batch_size, dry_run, as_json)

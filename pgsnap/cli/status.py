@@ -28,15 +28,11 @@ STATUSES = ("populated", "populating", "not_populated")
 NOT_INSTALLED = "pgsnap is not installed in this database yet: run `pgsnap migrate`"
 
 
-def _exists(conn: psycopg.Connection, regclass: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass]).fetchone()[0]
-
-
 def _targets(conn: psycopg.Connection, app: App, now: datetime) -> dict:
     counts = dict(conn.execute(
         "SELECT population_status, count(*) FROM public.targets GROUP BY 1").fetchall())
     populating = []
-    if conn.execute("SELECT to_regprocedure('pgsnap.populating_targets()') IS NOT NULL").fetchone()[0]:
+    if db.routine_exists(conn, "pgsnap.populating_targets()"):
         populating = [{"target_id": t, "since": s, "last_populated_at": last, "populated_by": pid}
                       for t, s, last, pid in conn.execute(
                           "SELECT target_id, since, last_populated_at, populated_by"
@@ -56,7 +52,7 @@ def _targets_text(data: dict) -> list[str]:
 
 
 def _require(conn: psycopg.Connection, routine: str) -> None:
-    if not conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [routine]).fetchone()[0]:
+    if not db.routine_exists(conn, routine):
         raise PgsnapError(NOT_INSTALLED)
 
 
@@ -118,7 +114,7 @@ RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "batches", "target_p
 
 
 def _backfill_runs(conn: psycopg.Connection, app: App, now: datetime) -> list[dict]:
-    if not _exists(conn, "pgsnap.backfill_runs"):
+    if not db.relation_exists(conn, "pgsnap.backfill_runs"):
         raise PgsnapError(NOT_INSTALLED)
     runs = conn.execute(
         "SELECT id, started_at, finished_at, status, batches, target_populations, offers, ad_events,"
@@ -137,7 +133,7 @@ def _backfill_runs_text(runs: list[dict]) -> list[str]:
 
 
 def _schedule(conn: psycopg.Connection, app: App, now: datetime) -> dict:
-    if not _exists(conn, "pgsnap.jobs"):
+    if not db.relation_exists(conn, "pgsnap.jobs"):
         raise PgsnapError(NOT_INSTALLED)
     with jobs.runners(conn, app.dsn) as r:
         found = jobs.list_jobs(r)
@@ -180,7 +176,8 @@ def _migrations(conn: psycopg.Connection, app: App, now: datetime) -> dict:
     rows = deploy.status(conn)
     known = {m.id for m in deploy.read_migrations()}
     lock = None
-    if _exists(conn, "yoyo_lock"):  # a `pgsnap migrate` is running, or one died and left it (stale)
+    # yoyo_lock: a `pgsnap migrate` is running, or one died and left it (stale)
+    if db.relation_exists(conn, "yoyo_lock"):
         row = conn.execute("SELECT pid, ctime FROM yoyo_lock ORDER BY ctime LIMIT 1").fetchone()
         lock = {"pid": row[0], "since": row[1].replace(tzinfo=UTC)} if row else None
     return {"applied": [mid for mid, at in rows if at is not None],
