@@ -64,6 +64,106 @@ CREATE FUNCTION pgsnap._backend_start() RETURNS timestamp with time zone
 END;
 
 --
+-- Name: _backfill_batch(integer, bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._backfill_batch(p_batch_size integer, p_after bigint[], OUT target_populations bigint, OUT offers bigint, OUT ad_events bigint, OUT after bigint[]) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    v_after bigint[] := coalesce(p_after, ARRAY[NULL, NULL, NULL]::bigint[]);
+    v_ids   bigint[];
+    v_files bigint[];
+    v_bands bigint[];
+    v_n     bigint;
+    v_last  bigint;
+    v_frontier bigint;
+BEGIN
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    target_populations := 0; offers := 0; ad_events := 0;
+
+    -- populations: built, set-based. The write runs through EXECUTE: planned for this batch's
+    -- arrays (a cached generic plan guesses 10 pairs and joins band_traits by trait alone, ~7x
+    -- slower per batch)
+    SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.target_band_id)
+      INTO v_ids, v_files, v_bands
+      FROM (SELECT tp.id, tp.me_file_id, tp.target_band_id
+              FROM public.target_populations tp
+             WHERE tp.matching_tags_snapshot IS NULL AND tp.id > coalesce(v_after[1], -9223372036854775808)
+             ORDER BY tp.id LIMIT p_batch_size
+               FOR UPDATE SKIP LOCKED) x;
+    after := ARRAY[coalesce((SELECT max(i) FROM unnest(v_ids) i), v_after[1]), v_after[2], v_after[3]];
+    IF v_ids IS NOT NULL THEN
+        EXECUTE $q$
+            UPDATE public.target_populations tp
+               SET matching_tags_snapshot = s.snapshot, updated_at = now()
+              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, me_file_id, band_id)
+              JOIN pgsnap.snapshots($2, $3) s
+                ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
+             WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL
+        $q$ USING v_ids, v_files, v_bands;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        target_populations := v_n;
+    END IF;
+
+    -- offers
+    WITH c AS MATERIALIZED (
+        SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
+         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(v_after[2], -9223372036854775808)
+         ORDER BY x.id LIMIT p_batch_size
+           FOR UPDATE SKIP LOCKED
+    ),
+    filled AS (
+        UPDATE public.offers o
+           SET matching_tags_snapshot = i.snapshot
+          FROM c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
+         WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO offers, v_last;
+    after[2] := coalesce(v_last, v_after[2]);
+
+    -- ad_events whose offer has its snapshot (offers first). The pass fills offers in id order,
+    -- so an ad_event whose offer lies past the lowest NULL offer beyond the offers' position
+    -- waits without a probe (probing every waiting ad_event re-read the backlog each batch);
+    -- the others probe their offer, which may have been skipped (another session holds it).
+    -- One left waiting is found by the next pass.
+    v_frontier := (SELECT min(o.id) FROM public.offers o
+                    WHERE o.matching_tags_snapshot IS NULL AND o.id > coalesce(after[2], -9223372036854775808));
+    WITH c AS MATERIALIZED (
+        SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(v_after[3], -9223372036854775808)
+           AND (x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier)
+           AND NOT EXISTS (SELECT 1 FROM public.offers o
+                            WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
+         ORDER BY x.id LIMIT p_batch_size
+           FOR UPDATE SKIP LOCKED
+    ),
+    filled AS (
+        UPDATE public.ad_events a
+           SET matching_tags_snapshot = i.snapshot
+          FROM c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+         WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO ad_events, v_last;
+    after[3] := coalesce(v_last, v_after[3]);
+END;
+$_$;
+
+--
+-- Name: FUNCTION _backfill_batch(p_batch_size integer, p_after bigint[], OUT target_populations bigint, OUT offers bigint, OUT ad_events bigint, OUT after bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap._backfill_batch(p_batch_size integer, p_after bigint[], OUT target_populations bigint, OUT offers bigint, OUT ad_events bigint, OUT after bigint[]) IS 'Internal: one backfill batch past each table''s keyset position; rows filled per table and the new positions.';
+
+--
 -- Name: _backfill_start(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
@@ -1400,84 +1500,14 @@ COMMENT ON FUNCTION pgsnap.backfill_band(p_target_band_id bigint, p_batch_size i
 --
 
 CREATE FUNCTION pgsnap.backfill_batch(p_batch_size integer DEFAULT 500) RETURNS TABLE(target_populations bigint, offers bigint, ad_events bigint)
-    LANGUAGE plpgsql
+    LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
-DECLARE
-    v_ids   bigint[];
-    v_files bigint[];
-    v_bands bigint[];
-    v_n     bigint;
-    v_frontier bigint;   -- the lowest offer id still NULL
-    v_probe    boolean;  -- check each ad_event's offer (offers held by others) instead
-BEGIN
-    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
-        RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    target_populations := 0; offers := 0; ad_events := 0;
-
-    -- populations: built, set-based. The write runs through EXECUTE: planned for this batch's
-    -- arrays (a cached generic plan guesses 10 pairs and joins band_traits by trait alone, ~7x
-    -- slower per batch)
-    SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.target_band_id)
-      INTO v_ids, v_files, v_bands
-      FROM (SELECT tp.id, tp.me_file_id, tp.target_band_id
-              FROM public.target_populations tp
-             WHERE tp.matching_tags_snapshot IS NULL
-             ORDER BY tp.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) x;
-    IF v_ids IS NOT NULL THEN
-        EXECUTE $q$
-            UPDATE public.target_populations tp
-               SET matching_tags_snapshot = s.snapshot, updated_at = now()
-              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, me_file_id, band_id)
-              JOIN pgsnap.snapshots($2, $3) s
-                ON s.me_file_id = u.me_file_id AND s.target_band_id = u.band_id
-             WHERE tp.id = u.id AND tp.matching_tags_snapshot IS NULL
-        $q$ USING v_ids, v_files, v_bands;
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        target_populations := v_n;
-    END IF;
-
-    -- offers
-    UPDATE public.offers o
-       SET matching_tags_snapshot = i.snapshot
-      FROM (SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
-             WHERE x.matching_tags_snapshot IS NULL
-             ORDER BY x.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) c
-     CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
-     WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    offers := v_n;
-
-    -- ad_events whose offer has its snapshot already (offers first). Offers fill in id order,
-    -- so every offer below the lowest NULL one has its snapshot: while offers are being filled,
-    -- an ad_event qualifies by its offer_id alone. (Probing offers for each waiting ad_event
-    -- re-reads the whole backlog every batch: 55 of 84 s of a 540,000-row backfill.) When this
-    -- batch filled no offer although some are NULL (another session holds them), each ad_event's
-    -- offer is checked instead.
-    v_frontier := (SELECT min(o.id) FROM public.offers o WHERE o.matching_tags_snapshot IS NULL);
-    v_probe := v_frontier IS NOT NULL AND offers = 0;
-    UPDATE public.ad_events a
-       SET matching_tags_snapshot = i.snapshot
-      FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
-             WHERE x.matching_tags_snapshot IS NULL
-               AND CASE WHEN v_probe
-                        THEN NOT EXISTS (SELECT 1 FROM public.offers o
-                                          WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
-                        ELSE x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier
-                   END
-             ORDER BY x.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) c
-     CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
-     WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    ad_events := v_n;
-    RETURN NEXT;
+    BEGIN ATOMIC
+ SELECT b.target_populations,
+     b.offers,
+     b.ad_events
+    FROM pgsnap._backfill_batch(backfill_batch.p_batch_size, NULL::bigint[]) b(target_populations, offers, ad_events, after);
 END;
-$_$;
 
 --
 -- Name: FUNCTION backfill_batch(p_batch_size integer); Type: COMMENT; Schema: pgsnap; Owner: -
@@ -1508,6 +1538,8 @@ DECLARE
     v_max      bigint;
     v_n        bigint;
     v_summary  jsonb;
+    v_after    bigint[] := ARRAY[NULL, NULL, NULL]::bigint[];   -- each table's keyset position
+    v_pass     bigint := 0;   -- rows written since the pass began
 BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -1537,8 +1569,17 @@ BEGIN
     -- stays outside: a block with EXCEPTION may not commit)
     LOOP
         BEGIN
-            SELECT * INTO v_counts FROM pgsnap.backfill_batch(p_batch_size);
-            EXIT WHEN v_counts.target_populations = 0 AND v_counts.offers = 0 AND v_counts.ad_events = 0;
+            SELECT * INTO v_counts FROM pgsnap._backfill_batch(p_batch_size, v_after);
+            IF v_counts.after IS NOT DISTINCT FROM v_after THEN
+                -- the end of a pass: nothing left past the positions. Another pass from the
+                -- start finds the rows skipped on the way, unless this one wrote nothing.
+                EXIT WHEN v_pass = 0;
+                v_after := ARRAY[NULL, NULL, NULL]::bigint[];
+                v_pass := 0;
+                CONTINUE;
+            END IF;
+            v_after := v_counts.after;
+            v_pass := v_pass + v_counts.target_populations + v_counts.offers + v_counts.ad_events;
             UPDATE pgsnap.backfill_runs r
                SET batches = r.batches + 1,
                    target_populations = r.target_populations + v_counts.target_populations,

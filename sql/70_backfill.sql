@@ -6,18 +6,26 @@
 -- stricter shape check is not yet validated (the NOT NULL journey), the scheduled job also
 -- rebuilds snapshots in any other shape (the original's flat format).
 
-CREATE OR REPLACE FUNCTION pgsnap.backfill_batch(p_batch_size integer DEFAULT 500)
-RETURNS TABLE (target_populations bigint, offers bigint, ad_events bigint)
+-- One batch past a keyset position per table (p_after: the last id each table's previous
+-- batch claimed, NULL: from the start), and the new positions. Filled rows leave their entries
+-- in the partial "IS NULL" indexes until VACUUM; a batch that always started from the lowest
+-- id would walk every entry the run has already filled (quadratic in the backlog), so the
+-- procedure passes each table's position on. Rows skipped on the way (held by another session,
+-- an ad_event whose offer was still NULL) are found by the procedure's next pass from the start.
+CREATE OR REPLACE FUNCTION pgsnap._backfill_batch(
+    p_batch_size integer, p_after bigint[],
+    OUT target_populations bigint, OUT offers bigint, OUT ad_events bigint, OUT after bigint[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_after bigint[] := coalesce(p_after, ARRAY[NULL, NULL, NULL]::bigint[]);
     v_ids   bigint[];
     v_files bigint[];
     v_bands bigint[];
     v_n     bigint;
-    v_frontier bigint;   -- the lowest offer id still NULL
-    v_probe    boolean;  -- check each ad_event's offer (offers held by others) instead
+    v_last  bigint;
+    v_frontier bigint;
 BEGIN
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
         RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
@@ -32,9 +40,10 @@ BEGIN
       INTO v_ids, v_files, v_bands
       FROM (SELECT tp.id, tp.me_file_id, tp.target_band_id
               FROM public.target_populations tp
-             WHERE tp.matching_tags_snapshot IS NULL
+             WHERE tp.matching_tags_snapshot IS NULL AND tp.id > coalesce(v_after[1], -9223372036854775808)
              ORDER BY tp.id LIMIT p_batch_size
                FOR UPDATE SKIP LOCKED) x;
+    after := ARRAY[coalesce((SELECT max(i) FROM unnest(v_ids) i), v_after[1]), v_after[2], v_after[3]];
     IF v_ids IS NOT NULL THEN
         EXECUTE $q$
             UPDATE public.target_populations tp
@@ -49,43 +58,61 @@ BEGIN
     END IF;
 
     -- offers
-    UPDATE public.offers o
-       SET matching_tags_snapshot = i.snapshot
-      FROM (SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
-             WHERE x.matching_tags_snapshot IS NULL
-             ORDER BY x.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) c
-     CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
-     WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    offers := v_n;
+    WITH c AS MATERIALIZED (
+        SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
+         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(v_after[2], -9223372036854775808)
+         ORDER BY x.id LIMIT p_batch_size
+           FOR UPDATE SKIP LOCKED
+    ),
+    filled AS (
+        UPDATE public.offers o
+           SET matching_tags_snapshot = i.snapshot
+          FROM c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(NULL, c.me_file_id, c.target_band_id) i
+         WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO offers, v_last;
+    after[2] := coalesce(v_last, v_after[2]);
 
-    -- ad_events whose offer has its snapshot already (offers first). Offers fill in id order,
-    -- so every offer below the lowest NULL one has its snapshot: while offers are being filled,
-    -- an ad_event qualifies by its offer_id alone. (Probing offers for each waiting ad_event
-    -- re-reads the whole backlog every batch: 55 of 84 s of a 540,000-row backfill.) When this
-    -- batch filled no offer although some are NULL (another session holds them), each ad_event's
-    -- offer is checked instead.
-    v_frontier := (SELECT min(o.id) FROM public.offers o WHERE o.matching_tags_snapshot IS NULL);
-    v_probe := v_frontier IS NOT NULL AND offers = 0;
-    UPDATE public.ad_events a
-       SET matching_tags_snapshot = i.snapshot
-      FROM (SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
-             WHERE x.matching_tags_snapshot IS NULL
-               AND CASE WHEN v_probe
-                        THEN NOT EXISTS (SELECT 1 FROM public.offers o
-                                          WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
-                        ELSE x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier
-                   END
-             ORDER BY x.id LIMIT p_batch_size
-               FOR UPDATE SKIP LOCKED) c
-     CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
-     WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    ad_events := v_n;
-    RETURN NEXT;
+    -- ad_events whose offer has its snapshot (offers first). The pass fills offers in id order,
+    -- so an ad_event whose offer lies past the lowest NULL offer beyond the offers' position
+    -- waits without a probe (probing every waiting ad_event re-read the backlog each batch);
+    -- the others probe their offer, which may have been skipped (another session holds it).
+    -- One left waiting is found by the next pass.
+    v_frontier := (SELECT min(o.id) FROM public.offers o
+                    WHERE o.matching_tags_snapshot IS NULL AND o.id > coalesce(after[2], -9223372036854775808));
+    WITH c AS MATERIALIZED (
+        SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
+         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(v_after[3], -9223372036854775808)
+           AND (x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier)
+           AND NOT EXISTS (SELECT 1 FROM public.offers o
+                            WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
+         ORDER BY x.id LIMIT p_batch_size
+           FOR UPDATE SKIP LOCKED
+    ),
+    filled AS (
+        UPDATE public.ad_events a
+           SET matching_tags_snapshot = i.snapshot
+          FROM c
+         CROSS JOIN LATERAL pgsnap.inherited_snapshot(c.offer_id, c.me_file_id, c.target_band_id) i
+         WHERE a.id = c.id AND a.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO ad_events, v_last;
+    after[3] := coalesce(v_last, v_after[3]);
 END;
 $$;
+COMMENT ON FUNCTION pgsnap._backfill_batch(integer, bigint[]) IS
+    'Internal: one backfill batch past each table''s keyset position; rows filled per table and the new positions.';
+
+CREATE OR REPLACE FUNCTION pgsnap.backfill_batch(p_batch_size integer DEFAULT 500)
+RETURNS TABLE (target_populations bigint, offers bigint, ad_events bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT b.target_populations, b.offers, b.ad_events FROM pgsnap._backfill_batch(p_batch_size, NULL) b;
+END;
 COMMENT ON FUNCTION pgsnap.backfill_batch(integer) IS
     'Fill one bounded batch of NULL snapshots per table, parents first; all zeros: nothing is left.';
 
@@ -276,7 +303,7 @@ BEGIN ATOMIC
       FROM pgsnap.backfill_runs r WHERE r.id = p_run_id;
 END;
 
--- The scheduled safety net: backfill_batch until nothing is left (or p_max_batches), then,
+-- The scheduled safety net: batches until nothing is left (or p_max_batches), then,
 -- during the journey, the rows in another shape, table by table in id ranges; COMMIT after
 -- each batch; a run another session is executing makes this one `skipped`. Its first
 -- statement is COMMIT, like populate_target's (inside a transaction block it fails at once);
@@ -301,6 +328,8 @@ DECLARE
     v_max      bigint;
     v_n        bigint;
     v_summary  jsonb;
+    v_after    bigint[] := ARRAY[NULL, NULL, NULL]::bigint[];   -- each table's keyset position
+    v_pass     bigint := 0::bigint;   -- rows written since the pass began
 BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -330,8 +359,17 @@ BEGIN
     -- stays outside: a block with EXCEPTION may not commit)
     LOOP
         BEGIN
-            SELECT * INTO v_counts FROM pgsnap.backfill_batch(p_batch_size);
-            EXIT WHEN v_counts.target_populations = 0 AND v_counts.offers = 0 AND v_counts.ad_events = 0;
+            SELECT * INTO v_counts FROM pgsnap._backfill_batch(p_batch_size, v_after);
+            IF v_counts.after IS NOT DISTINCT FROM v_after THEN
+                -- the end of a pass: nothing left past the positions. Another pass from the
+                -- start finds the rows skipped on the way, unless this one wrote nothing.
+                EXIT WHEN v_pass = 0;
+                v_after := ARRAY[NULL, NULL, NULL]::bigint[];
+                v_pass := 0;
+                CONTINUE;
+            END IF;
+            v_after := v_counts.after;
+            v_pass := v_pass + v_counts.target_populations + v_counts.offers + v_counts.ad_events;
             UPDATE pgsnap.backfill_runs r
                SET batches = r.batches + 1,
                    target_populations = r.target_populations + v_counts.target_populations,

@@ -205,6 +205,48 @@ def test_an_ad_event_is_filled_only_once_its_offer_is(journey):
     assert_filled_by_the_rules(conn, legacy)
 
 
+def test_batches_walk_each_table_from_its_keyset_position(empty_db_dsn):
+    """The procedure's batches (pgsnap._backfill_batch) start past the last id each table's
+    previous batch claimed: filled rows are never walked again in the same pass, and a pass
+    ends where nothing is left past the positions."""
+    bulk_database(empty_db_dsn, 5)
+    with connect(empty_db_dsn) as conn:
+        step = "SELECT target_populations, offers, ad_events, after FROM pgsnap._backfill_batch(2, %s)"
+        assert h.rows(conn, step, (None,)) == [(2, 2, 2, [2, 2, 2])]
+        assert h.rows(conn, step, ([2, 2, 2],)) == [(2, 2, 2, [4, 4, 4])]
+        assert h.rows(conn, step, ([4, 4, 4],)) == [(1, 1, 1, [5, 5, 5])]
+        assert h.rows(conn, step, ([5, 5, 5],)) == [(0, 0, 0, [5, 5, 5])]   # the end of the pass
+        assert h.rows(conn, step, (None,)) == [(0, 0, 0, [None, None, None])]   # and nothing before
+
+
+def test_a_run_refinds_in_its_next_pass_the_rows_it_skipped(empty_db_dsn):
+    """Offer 3 is held by another session while the run's first pass goes by: the offer and the
+    ad_event waiting on it are skipped, the rest filled. Released before the pass ends, both
+    are filled by the run's second pass from the start, the ad_event from its offer."""
+    legacy = bulk_database(empty_db_dsn, 30)
+    with connect(empty_db_dsn) as conn, connect(empty_db_dsn, autocommit=False) as holder:
+        h.execute(conn, h.GATES)
+        h.execute(conn, "INSERT INTO public.test_gate VALUES (21, 'backfill', 8)")   # the third batch
+        h.execute(conn, "SELECT pg_advisory_lock(8)")
+        holder.execute("SELECT 1 FROM offers WHERE id = 3 FOR UPDATE")
+        run_conn = connect(empty_db_dsn)
+        h.execute(run_conn, "SET application_name = 'backfill'")
+        run = h.Runner(h.execute, run_conn, "CALL pgsnap.backfill_missing_snapshots(10)")
+        run.start()
+        try:
+            h.wait_until_blocked(conn, run_conn.info.backend_pid, "the run's third batch", h.ADVISORY)
+            assert h.rows(conn, "SELECT id FROM offers WHERE matching_tags_snapshot IS NULL AND id < 21"
+                                " UNION ALL SELECT -id FROM ad_events WHERE matching_tags_snapshot IS NULL"
+                                " AND id < 21 ORDER BY 1") == [(-3,), (3,)]
+            holder.rollback()
+        finally:
+            h.execute(conn, "SELECT pg_advisory_unlock(8)")
+            run.finish()
+            run_conn.close()
+        assert runs(conn) == [("succeeded", 4, 30, 30, 30, None)]
+        assert_filled_by_the_rules(conn, legacy)
+
+
 def test_batches_are_bounded_and_end_with_all_zeros(journey):
     conn, legacy = journey
     results = drain(conn, batch_size=2)
