@@ -1539,7 +1539,7 @@ DECLARE
     v_n        bigint;
     v_summary  jsonb;
     v_after    bigint[] := ARRAY[NULL, NULL, NULL]::bigint[];   -- each table's keyset position
-    v_pass     bigint := 0;   -- rows written since the pass began
+    v_pass     bigint := 0::bigint;   -- rows written since the pass began
 BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

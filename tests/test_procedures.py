@@ -157,8 +157,11 @@ def held_at(conn, table: str, when: str) -> Iterator[None]:
 def interrupt_when_held(conn, args: list[str], dsn: str) -> tuple[int, str, str]:
     """Run `pgsnap ARGS`, wait for its session to wait on the lock, send SIGINT (Ctrl-C)."""
     env = {k: v for k, v in os.environ.items() if k != "PGSNAP_HOME"}
+    # as at a terminal: a runner started in the background (`cmd &` without job control) hands
+    # its children SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "pgsnap", "--dsn", dsn, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(lambda: rows(conn, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'pgsnap %%'"
                                       " AND wait_event = 'advisory'"), what="pgsnap to be held")
