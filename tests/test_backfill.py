@@ -15,6 +15,7 @@ resurrect a deleted row."""
 
 import threading
 import time
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -116,6 +117,27 @@ def wait_for(condition, timeout=30.0, what="condition"):
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.002)
+
+
+@contextmanager
+def run_held(conn, dsn, call, me_file_id, lock_key):
+    """`call` in a session of its own, held (a test trigger on target_populations) when it writes
+    me_file_id's row, until the block ends; then it runs to its end."""
+    h.execute(conn, h.GATES)
+    h.execute(conn, "INSERT INTO public.test_gate VALUES (%s, 'held run', %s)", (me_file_id, lock_key))
+    h.execute(conn, "SELECT pg_advisory_lock(%s)", (lock_key,))
+    run_conn = connect(dsn)
+    h.execute(run_conn, "SET application_name = 'held run'")
+    runner = h.Runner(h.execute, run_conn, call)
+    runner.start()
+    try:
+        h.wait_until_blocked(conn, run_conn.info.backend_pid, f"the run to write me_file {me_file_id}",
+                             h.ADVISORY)
+        yield
+    finally:
+        h.execute(conn, "SELECT pg_advisory_unlock(%s)", (lock_key,))
+        runner.finish()
+        run_conn.close()
 
 
 # -- the rules ---------------------------------------------------------------------------------
@@ -225,24 +247,12 @@ def test_a_run_refinds_in_its_next_pass_the_rows_it_skipped(empty_db_dsn):
     are filled by the run's second pass from the start, the ad_event from its offer."""
     legacy = bulk_database(empty_db_dsn, 30)
     with connect(empty_db_dsn) as conn, connect(empty_db_dsn, autocommit=False) as holder:
-        h.execute(conn, h.GATES)
-        h.execute(conn, "INSERT INTO public.test_gate VALUES (21, 'backfill', 8)")   # the third batch
-        h.execute(conn, "SELECT pg_advisory_lock(8)")
         holder.execute("SELECT 1 FROM offers WHERE id = 3 FOR UPDATE")
-        run_conn = connect(empty_db_dsn)
-        h.execute(run_conn, "SET application_name = 'backfill'")
-        run = h.Runner(h.execute, run_conn, "CALL pgsnap.backfill_missing_snapshots(10)")
-        run.start()
-        try:
-            h.wait_until_blocked(conn, run_conn.info.backend_pid, "the run's third batch", h.ADVISORY)
+        with run_held(conn, empty_db_dsn, "CALL pgsnap.backfill_missing_snapshots(10)", 21, 8):  # 3rd batch
             assert h.rows(conn, "SELECT id FROM offers WHERE matching_tags_snapshot IS NULL AND id < 21"
                                 " UNION ALL SELECT -id FROM ad_events WHERE matching_tags_snapshot IS NULL"
                                 " AND id < 21 ORDER BY 1") == [(-3,), (3,)]
             holder.rollback()
-        finally:
-            h.execute(conn, "SELECT pg_advisory_unlock(8)")
-            run.finish()
-            run_conn.close()
         assert runs(conn) == [("succeeded", 4, 30, 30, 30, None)]
         assert_filled_by_the_rules(conn, legacy)
 
@@ -337,15 +347,7 @@ def test_a_second_run_skips_while_one_is_active(journey, empty_db_dsn, cli):
     conn, legacy = journey
     second = h.value(conn, "SELECT me_file_id FROM target_populations WHERE matching_tags_snapshot IS NULL"
                            " ORDER BY id OFFSET 1 LIMIT 1")
-    h.execute(conn, h.GATES)
-    h.execute(conn, "INSERT INTO public.test_gate VALUES (%s, 'first run', 7)", (second,))
-    h.execute(conn, "SELECT pg_advisory_lock(7)")
-    first_conn = connect(empty_db_dsn)
-    h.execute(first_conn, "SET application_name = 'first run'")
-    first = h.Runner(h.execute, first_conn, "CALL pgsnap.backfill_missing_snapshots(1)")
-    first.start()
-    try:
-        h.wait_until_blocked(conn, first_conn.info.backend_pid, "the first run's second batch", h.ADVISORY)
+    with run_held(conn, empty_db_dsn, "CALL pgsnap.backfill_missing_snapshots(1)", second, 7):
         assert runs(conn) == [("running", 1, 1, 1, 1, None)]  # one batch committed
         notices = []
         conn.add_notice_handler(lambda d: notices.append((d.message_primary, d.message_detail)))
@@ -356,10 +358,6 @@ def test_a_second_run_skips_while_one_is_active(journey, empty_db_dsn, cli):
         assert [m for m, _ in notices] == ["pgsnap backfill: another run is active; skipped"] * 2
         # the skippers wrote none
         assert null_counts(conn) == {"target_populations": 2, "offers": 5, "ad_events": 9}
-    finally:
-        h.execute(conn, "SELECT pg_advisory_unlock(7)")
-        first.finish()
-        first_conn.close()
     recorded = runs(conn)
     assert recorded[0][0] == "succeeded" and recorded[0][2:] == (3, 6, 10, None)
     assert [r[0] for r in recorded[1:]] == ["skipped"] * 3
