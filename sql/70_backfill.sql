@@ -19,7 +19,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_after bigint[] := coalesce(p_after, ARRAY[NULL, NULL, NULL]::bigint[]);
+    c_start constant bigint := -9223372036854775808;   -- a position before every id
     v_ids   bigint[];
     v_files bigint[];
     v_bands bigint[];
@@ -32,6 +32,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     target_populations := 0; offers := 0; ad_events := 0;
+    after := coalesce(p_after, ARRAY[NULL, NULL, NULL]::bigint[]);   -- each moves past what its table claims
 
     -- populations: built, set-based. The write runs through EXECUTE: planned for this batch's
     -- arrays (a cached generic plan guesses 10 pairs and joins band_traits by trait alone, ~7x
@@ -40,10 +41,10 @@ BEGIN
       INTO v_ids, v_files, v_bands
       FROM (SELECT tp.id, tp.me_file_id, tp.target_band_id
               FROM public.target_populations tp
-             WHERE tp.matching_tags_snapshot IS NULL AND tp.id > coalesce(v_after[1], -9223372036854775808)
+             WHERE tp.matching_tags_snapshot IS NULL AND tp.id > coalesce(after[1], c_start)
              ORDER BY tp.id LIMIT p_batch_size
                FOR UPDATE SKIP LOCKED) x;
-    after := ARRAY[coalesce((SELECT max(i) FROM unnest(v_ids) i), v_after[1]), v_after[2], v_after[3]];
+    after[1] := coalesce((SELECT max(i) FROM unnest(v_ids) i), after[1]);
     IF v_ids IS NOT NULL THEN
         EXECUTE $q$
             UPDATE public.target_populations tp
@@ -60,7 +61,7 @@ BEGIN
     -- offers
     WITH c AS MATERIALIZED (
         SELECT x.id, x.me_file_id, x.target_band_id FROM public.offers x
-         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(v_after[2], -9223372036854775808)
+         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(after[2], c_start)
          ORDER BY x.id LIMIT p_batch_size
            FOR UPDATE SKIP LOCKED
     ),
@@ -73,7 +74,7 @@ BEGIN
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO offers, v_last;
-    after[2] := coalesce(v_last, v_after[2]);
+    after[2] := coalesce(v_last, after[2]);
 
     -- ad_events whose offer has its snapshot (offers first). The pass fills offers in id order,
     -- so an ad_event whose offer lies past the lowest NULL offer beyond the offers' position
@@ -81,10 +82,10 @@ BEGIN
     -- the others probe their offer, which may have been skipped (another session holds it).
     -- One left waiting is found by the next pass.
     v_frontier := (SELECT min(o.id) FROM public.offers o
-                    WHERE o.matching_tags_snapshot IS NULL AND o.id > coalesce(after[2], -9223372036854775808));
+                    WHERE o.matching_tags_snapshot IS NULL AND o.id > coalesce(after[2], c_start));
     WITH c AS MATERIALIZED (
         SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
-         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(v_after[3], -9223372036854775808)
+         WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(after[3], c_start)
            AND (x.offer_id IS NULL OR v_frontier IS NULL OR x.offer_id < v_frontier)
            AND NOT EXISTS (SELECT 1 FROM public.offers o
                             WHERE o.id = x.offer_id AND o.matching_tags_snapshot IS NULL)
@@ -100,7 +101,7 @@ BEGIN
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO ad_events, v_last;
-    after[3] := coalesce(v_last, v_after[3]);
+    after[3] := coalesce(v_last, after[3]);
 END;
 $$;
 COMMENT ON FUNCTION pgsnap._backfill_batch(integer, bigint[]) IS
