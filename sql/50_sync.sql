@@ -10,8 +10,8 @@
 -- A registration needs nothing of its own: its tags are queued like any other.
 --
 -- The sync's statements are its own (planned for a few me_files: index lookups on
--- target_populations (target_id, me_file_id) and me_file_tags (me_file_id)), never shared with
--- a populate batch. The trigger functions and sync_me_file are SECURITY DEFINER: the
+-- target_populations (target_id, me_file_id), me_file_tags (me_file_id) and band_traits
+-- (trait_id, target_id)), never shared with a populate batch. The trigger functions and sync_me_file are SECURITY DEFINER: the
 -- application role writes tags but may not write target_populations or the queue itself.
 
 -- Under REPEATABLE READ or SERIALIZABLE the sync reads through the transaction's snapshot,
@@ -39,6 +39,43 @@ BEGIN
     ON CONFLICT (target_id) DO NOTHING;
 END;
 $$;
+
+-- The rule's rows of a few me_files in these targets, with their snapshots: the sync's side of
+-- its diff. A function of its own for its planner settings. Its inputs are the me_files of one
+-- transaction, so every join should be an index lookup driven by their tags (me_file_tags by
+-- me_file_id, then band_traits by trait_id). Left free, the session's generic plan (made once,
+-- for arrays of unknown size) reads every band_traits row of the affected targets and
+-- merge-joins them with the me_file's dozen tags: thousands of rows when the targets are large.
+-- Only this SELECT runs under the settings: it fires no trigger and no foreign-key query.
+CREATE OR REPLACE FUNCTION pgsnap._sync_desired(p_target_ids bigint[], p_me_file_ids bigint[])
+RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
+LANGUAGE plpgsql STABLE
+ROWS 10
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+AS $$
+DECLARE
+    v_targets bigint[];
+    v_bands   bigint[];
+    v_files   bigint[];
+    v_hashes  bigint[];
+BEGIN
+    SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)
+      INTO v_targets, v_bands, v_files, v_hashes
+      FROM pgsnap.memberships(p_target_ids) m
+     WHERE m.me_file_id = ANY (p_me_file_ids);
+    RETURN QUERY
+    SELECT d.target_id, d.target_band_id, d.me_file_id, d.inputs_hash, s.snapshot
+      FROM unnest(v_targets, v_bands, v_files, v_hashes) AS d(target_id, target_band_id, me_file_id, inputs_hash)
+      JOIN pgsnap.snapshots(v_files, v_bands) s
+        ON s.me_file_id = d.me_file_id AND s.target_band_id = d.target_band_id;
+END;
+$$;
+COMMENT ON FUNCTION pgsnap._sync_desired(bigint[], bigint[]) IS
+    'Internal: the rule''s rows and snapshots of these me_files in these targets, planned as index lookups.';
 
 -- Recompute the given me_files in the maintained targets whose bands use one of the given
 -- traits (p_all: every target one of their tags or rows is in). Returns rows changed.
@@ -97,10 +134,7 @@ BEGIN
     END IF;
 
     WITH desired AS (
-        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
-          FROM pgsnap.memberships(v_targets) m
-         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
-         WHERE m.me_file_id = ANY (v_files)
+        SELECT d.* FROM pgsnap._sync_desired(v_targets, v_files) d
     ),
     current AS (
         -- one (target, me_files) lookup per affected target: with both as plain ANY conditions

@@ -15,6 +15,7 @@ from tests.helpers import (
     HOBBIES,
     M1,
     M2,
+    SEX,
     T1,
     ZIP_02140,
     Model,
@@ -179,6 +180,27 @@ def test_the_sync_after_a_large_populate_on_the_same_connection_reads_by_index(c
     assert {index for _, _, index in population_scans if index} <= {
         "target_populations_target_id_me_file_id_key", "target_populations_me_file_id_idx",
         "target_populations_pkey"}, population_scans
+    assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
+
+
+def test_the_sync_finds_bands_from_the_me_files_tags(conn):
+    """The sync's own rows come from the changed me_file's tags, each looked up in band_traits
+    by (trait, target): never a read of every band_traits row of the affected targets (here
+    1,203: each wide band's group holds 400 more traits besides Female)."""
+    seed_wide(conn)
+    execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
+                  " SELECT g, 'trait ' || g, %s, g FROM generate_series(1000, 1399) g", (SEX,))
+    execute(conn, "INSERT INTO trait_group_traits (trait_group_id, trait_id)"
+                  " SELECT 70, g FROM generate_series(1000, 1399) g")
+    assert value(conn, "SELECT count(*) FROM pgsnap.band_traits WHERE target_id > 10") == WIDE * 401
+    execute(conn, "ANALYZE pgsnap.band_traits")   # as autovacuum would after a catalogue edit
+    for target in range(11, 11 + WIDE):
+        run(conn, target)
+    plans = sync_plans(conn, f"DELETE FROM me_file_tags WHERE me_file_id = 77 AND trait_id = {FEMALE}")
+    desired = [p for p in plans if "pgsnap.memberships(p_target_ids)" in p["Query Text"]]
+    assert len(desired) == 1, [p["Query Text"] for p in plans]
+    band_scans = [s for s in scans(desired[0]["Plan"]) if s[1] == "band_traits"]
+    assert band_scans == [("Index Scan", "band_traits", "band_traits_trait_id_target_id_idx")]
     assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
 
 
