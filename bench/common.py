@@ -20,7 +20,7 @@ class Scale:
     targets: int = 10           # main targets: (a)-(d)
     legacy_targets: int = 2     # targets holding the legacy rows: (f)
     maintained: tuple[int, ...] = (100, 1000)   # (e): maintained targets per measurement
-    sync_statements: int = 300  # (e): single-row statements per measurement
+    sync_statements: int = 1000  # (e): single-row statements per measurement (p95: the 50 slowest)
     peer_targets: int = 10      # (c): main targets the (slow) peer populates
     writes_per_writer: int = 300  # (h), counts: tag writes per concurrent writer
 
