@@ -79,6 +79,7 @@ DECLARE
     v_n     bigint;
     v_last  bigint;
     v_frontier bigint;
+    v_claimed  bigint;
 BEGIN
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
         RAISE EXCEPTION 'batch size must be a positive integer, got %', coalesce(p_batch_size::text, 'NULL')
@@ -126,16 +127,21 @@ BEGIN
          WHERE o.id = c.id AND o.matching_tags_snapshot IS NULL AND i.snapshot IS NOT NULL
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM filled), (SELECT max(c.id) FROM c) INTO offers, v_last;
+    SELECT (SELECT count(*) FROM filled), (SELECT count(*) FROM c), (SELECT max(c.id) FROM c)
+      INTO offers, v_claimed, v_last;
     after[2] := coalesce(v_last, after[2]);
 
     -- ad_events whose offer has its snapshot (offers first). The pass fills offers in id order,
-    -- so an ad_event whose offer lies past the lowest NULL offer beyond the offers' position
-    -- waits without a probe (probing every waiting ad_event re-read the backlog each batch);
-    -- the others probe their offer, which may have been skipped (another session holds it).
-    -- One left waiting is found by the next pass.
-    v_frontier := (SELECT min(o.id) FROM public.offers o
-                    WHERE o.matching_tags_snapshot IS NULL AND o.id > coalesce(after[2], c_start));
+    -- so while it has offers left to claim, an ad_event whose offer lies past the lowest NULL
+    -- offer beyond the offers' position waits without a probe (probing every waiting ad_event
+    -- re-read the backlog each batch); the others probe their offer, which may have been
+    -- skipped (another session holds it). A batch that claimed less than a full batch of offers
+    -- leaves none the pass could still fill: then every ad_event probes its own offer, and only
+    -- those of held offers wait. One left waiting is found by the next pass.
+    v_frontier := CASE WHEN v_claimed = p_batch_size
+                       THEN (SELECT min(o.id) FROM public.offers o
+                              WHERE o.matching_tags_snapshot IS NULL AND o.id > coalesce(after[2], c_start))
+                  END;
     WITH c AS MATERIALIZED (
         SELECT x.id, x.offer_id, x.me_file_id, x.target_band_id FROM public.ad_events x
          WHERE x.matching_tags_snapshot IS NULL AND x.id > coalesce(after[3], c_start)

@@ -257,6 +257,30 @@ def test_a_run_refinds_in_its_next_pass_the_rows_it_skipped(empty_db_dsn):
         assert_filled_by_the_rules(conn, legacy)
 
 
+def test_a_held_offer_holds_back_only_its_own_ad_events(empty_db_dsn):
+    """Ad_events listed against their offers' order (ad_event g belongs to offer 31 - g), offer 3
+    held by another session for the whole run: the first pass passes over the ad_events whose
+    offer it has not reached yet, the second pass (which can claim no offer) fills them; only
+    offer 3 and its ad_event 28 are left, and the next run fills those."""
+    def seed(conn):
+        legacy = seed_bulk(30)(conn)
+        h.execute(conn, "UPDATE ad_events a SET offer_id = o.id, me_file_id = o.me_file_id,"
+                        " target_band_id = o.target_band_id FROM offers o WHERE o.id = 31 - a.id")
+        return legacy
+    legacy = legacy_database(empty_db_dsn, seed)
+    left = ("SELECT 'offers', id FROM offers WHERE matching_tags_snapshot IS NULL"
+            " UNION ALL SELECT 'ad_events', id FROM ad_events WHERE matching_tags_snapshot IS NULL ORDER BY 1, 2")
+    with connect(empty_db_dsn) as conn, connect(empty_db_dsn, autocommit=False) as holder:
+        holder.execute("SELECT 1 FROM offers WHERE id = 3 FOR UPDATE")
+        h.execute(conn, "CALL pgsnap.backfill_missing_snapshots(10)")
+        assert h.rows(conn, left) == [("ad_events", 28), ("offers", 3)]
+        holder.rollback()
+        h.execute(conn, "CALL pgsnap.backfill_missing_snapshots(10)")
+        assert h.rows(conn, left) == []
+        assert runs(conn) == [("succeeded", 5, 30, 29, 29, None), ("succeeded", 1, 0, 1, 1, None)]
+        assert_filled_by_the_rules(conn, legacy)
+
+
 def test_batches_are_bounded_and_end_with_all_zeros(journey):
     conn, legacy = journey
     results = drain(conn, batch_size=2)
