@@ -1342,6 +1342,7 @@ CREATE FUNCTION pgsnap._sync_desired(p_target_ids bigint[], p_me_file_ids bigint
     SET enable_hashjoin TO 'off'
     SET enable_mergejoin TO 'off'
     SET enable_bitmapscan TO 'off'
+    SET enable_material TO 'off'
     AS $$
 DECLARE
     v_targets bigint[];

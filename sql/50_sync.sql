@@ -43,10 +43,11 @@ $$;
 -- The rule's rows of a few me_files in these targets, with their snapshots: the sync's side of
 -- its diff. A function of its own for its planner settings. Its inputs are the me_files of one
 -- transaction, so every join should be an index lookup driven by their tags (me_file_tags by
--- me_file_id, then band_traits by trait_id). Left free, the session's generic plan (made once,
--- for arrays of unknown size) reads every band_traits row of the affected targets and
--- merge-joins them with the me_file's dozen tags: thousands of rows when the targets are large.
--- Only this SELECT runs under the settings: it fires no trigger and no foreign-key query.
+-- me_file_id, then band_traits by (trait_id, target_id)). Left free, the session's generic plan
+-- (made once, for arrays of unknown size) reads every band_traits row of the affected targets
+-- and merge- or hash-joins them with the me_file's dozen tags, or (without those) scans them
+-- against a materialized copy of the tags: thousands of rows when the targets are large.
+-- Only these two SELECTs run under the settings: they fire no trigger and no foreign-key query.
 CREATE OR REPLACE FUNCTION pgsnap._sync_desired(p_target_ids bigint[], p_me_file_ids bigint[])
 RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
 LANGUAGE plpgsql STABLE
@@ -56,6 +57,7 @@ SET plan_cache_mode = force_generic_plan
 SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET enable_bitmapscan = off
+SET enable_material = off
 AS $$
 DECLARE
     v_targets bigint[];
