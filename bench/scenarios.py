@@ -250,10 +250,10 @@ def run_scenario(ctx: Context, name: str, fn: Callable[[Context], dict[str, Any]
 
 
 def checkpoint(conn: psycopg.Connection) -> None:
-    """Every scenario starts from a checkpoint: the dirty pages and WAL of the one before are not
-    flushed during its timings, and each pays its own full-page writes (a checkpoint the previous
-    scenario's WAL triggered made the floor 50% slower in one run). Needs superuser or
-    pg_checkpoint; without either, the run goes on as before."""
+    """Every scenario starts from a checkpoint: the dirty pages and WAL of the ones before are not
+    flushed during its timings (in one run a checkpoint set off by their WAL ran through (b)), and
+    each pays its own full-page writes. Needs superuser or pg_checkpoint; without either, the run
+    goes on as before."""
     try:
         conn.execute("CHECKPOINT")
     except psycopg.errors.InsufficientPrivilege:
