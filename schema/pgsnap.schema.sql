@@ -1252,7 +1252,9 @@ BEGIN
     END IF;
 
     WITH desired AS (
-        SELECT d.* FROM pgsnap._sync_desired(v_targets, v_files) d
+        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
+          FROM pgsnap._sync_memberships(v_targets, v_files) m
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
     ),
     current AS (
         -- one (target, me_files) lookup per affected target: with both as plain ANY conditions
@@ -1332,43 +1334,6 @@ END;
 $$;
 
 --
--- Name: _sync_desired(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
---
-
-CREATE FUNCTION pgsnap._sync_desired(p_target_ids bigint[], p_me_file_ids bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
-    LANGUAGE plpgsql STABLE ROWS 10
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET plan_cache_mode TO 'force_generic_plan'
-    SET enable_hashjoin TO 'off'
-    SET enable_mergejoin TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET enable_material TO 'off'
-    AS $$
-DECLARE
-    v_targets bigint[];
-    v_bands   bigint[];
-    v_files   bigint[];
-    v_hashes  bigint[];
-BEGIN
-    SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)
-      INTO v_targets, v_bands, v_files, v_hashes
-      FROM pgsnap.memberships(p_target_ids) m
-     WHERE m.me_file_id = ANY (p_me_file_ids);
-    RETURN QUERY
-    SELECT d.target_id, d.target_band_id, d.me_file_id, d.inputs_hash, s.snapshot
-      FROM unnest(v_targets, v_bands, v_files, v_hashes) AS d(target_id, target_band_id, me_file_id, inputs_hash)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id = d.me_file_id AND s.target_band_id = d.target_band_id;
-END;
-$$;
-
---
--- Name: FUNCTION _sync_desired(p_target_ids bigint[], p_me_file_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
---
-
-COMMENT ON FUNCTION pgsnap._sync_desired(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'Internal: the rule''s rows and snapshots of these me_files in these targets, planned as index lookups.';
-
---
 -- Name: _sync_drain(); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
@@ -1431,6 +1396,33 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+
+--
+-- Name: _sync_memberships(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+--
+
+CREATE FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint)
+    LANGUAGE plpgsql STABLE ROWS 10
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_hashjoin TO 'off'
+    SET enable_mergejoin TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_material TO 'off'
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash
+      FROM pgsnap.memberships(p_target_ids) m
+     WHERE m.me_file_id = ANY (p_me_file_ids);
+END;
+$$;
+
+--
+-- Name: FUNCTION _sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+--
+
+COMMENT ON FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'Internal: the rule''s rows of these me_files in these targets, planned as index lookups from their tags.';
 
 --
 -- Name: _track_populating(); Type: FUNCTION; Schema: pgsnap; Owner: -

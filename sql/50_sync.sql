@@ -40,16 +40,17 @@ BEGIN
 END;
 $$;
 
--- The rule's rows of a few me_files in these targets, with their snapshots: the sync's side of
--- its diff. A function of its own for its planner settings. Its inputs are the me_files of one
--- transaction, so every join should be an index lookup driven by their tags (me_file_tags by
--- me_file_id, then band_traits by (trait_id, target_id)). Left free, the session's generic plan
--- (made once, for arrays of unknown size) reads every band_traits row of the affected targets
--- and merge- or hash-joins them with the me_file's dozen tags, or (without those) scans them
--- against a materialized copy of the tags: thousands of rows when the targets are large.
--- Only these two SELECTs run under the settings: they fire no trigger and no foreign-key query.
-CREATE OR REPLACE FUNCTION pgsnap._sync_desired(p_target_ids bigint[], p_me_file_ids bigint[])
-RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
+-- The rule's rows of the me_files of one sync in these targets. A function of its own for its
+-- planner settings: its inputs are the me_files of one transaction, so the join should be
+-- driven by their tags (me_file_tags by me_file_id, then band_traits by (trait_id, target_id)).
+-- Left free, the session's generic plan (made once, for arrays of unknown size) reads every
+-- band_traits row of the affected targets and merge- or hash-joins them with the me_file's dozen
+-- tags, or (without those) scans them against a materialized copy of the tags: thousands of rows
+-- when the targets are large. With these settings the plan stays linear in the tags whatever
+-- their number (a bulk tag load syncs thousands of me_files at once). Only this SELECT runs
+-- under them: it fires no trigger and no foreign-key query.
+CREATE OR REPLACE FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[])
+RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint)
 LANGUAGE plpgsql STABLE
 ROWS 10
 SET search_path = pg_catalog, pg_temp
@@ -59,25 +60,15 @@ SET enable_mergejoin = off
 SET enable_bitmapscan = off
 SET enable_material = off
 AS $$
-DECLARE
-    v_targets bigint[];
-    v_bands   bigint[];
-    v_files   bigint[];
-    v_hashes  bigint[];
 BEGIN
-    SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)
-      INTO v_targets, v_bands, v_files, v_hashes
+    RETURN QUERY
+    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash
       FROM pgsnap.memberships(p_target_ids) m
      WHERE m.me_file_id = ANY (p_me_file_ids);
-    RETURN QUERY
-    SELECT d.target_id, d.target_band_id, d.me_file_id, d.inputs_hash, s.snapshot
-      FROM unnest(v_targets, v_bands, v_files, v_hashes) AS d(target_id, target_band_id, me_file_id, inputs_hash)
-      JOIN pgsnap.snapshots(v_files, v_bands) s
-        ON s.me_file_id = d.me_file_id AND s.target_band_id = d.target_band_id;
 END;
 $$;
-COMMENT ON FUNCTION pgsnap._sync_desired(bigint[], bigint[]) IS
-    'Internal: the rule''s rows and snapshots of these me_files in these targets, planned as index lookups.';
+COMMENT ON FUNCTION pgsnap._sync_memberships(bigint[], bigint[]) IS
+    'Internal: the rule''s rows of these me_files in these targets, planned as index lookups from their tags.';
 
 -- Recompute the given me_files in the maintained targets whose bands use one of the given
 -- traits (p_all: every target one of their tags or rows is in). Returns rows changed.
@@ -136,7 +127,9 @@ BEGIN
     END IF;
 
     WITH desired AS (
-        SELECT d.* FROM pgsnap._sync_desired(v_targets, v_files) d
+        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
+          FROM pgsnap._sync_memberships(v_targets, v_files) m
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
     ),
     current AS (
         -- one (target, me_files) lookup per affected target: with both as plain ANY conditions

@@ -371,7 +371,7 @@ def test_every_function_pins_its_search_path(conn):
     # its own rows are read by index lookups from the me_file's tags
     assert {name: config[1:] for name, kind, _, config, _, _ in routines if kind == "f" and config
             and config[1:]} == {"_sync": ["plan_cache_mode=force_generic_plan"],
-                                "_sync_desired": ["plan_cache_mode=force_generic_plan", "enable_hashjoin=off",
+                                "_sync_memberships": ["plan_cache_mode=force_generic_plan", "enable_hashjoin=off",
                                                   "enable_mergejoin=off", "enable_bitmapscan=off",
                                                   "enable_material=off"]}
     first = "COMMIT;\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);"
