@@ -268,8 +268,8 @@ def test_a_held_offer_holds_back_only_its_own_ad_events(empty_db_dsn):
                         " target_band_id = o.target_band_id FROM offers o WHERE o.id = 31 - a.id")
         return legacy
     legacy = legacy_database(empty_db_dsn, seed)
-    left = ("SELECT 'offers', id FROM offers WHERE matching_tags_snapshot IS NULL"
-            " UNION ALL SELECT 'ad_events', id FROM ad_events WHERE matching_tags_snapshot IS NULL ORDER BY 1, 2")
+    left = ("SELECT 'offers', id FROM offers WHERE matching_tags_snapshot IS NULL UNION ALL"
+            " SELECT 'ad_events', id FROM ad_events WHERE matching_tags_snapshot IS NULL ORDER BY 1, 2")
     with connect(empty_db_dsn) as conn, connect(empty_db_dsn, autocommit=False) as holder:
         holder.execute("SELECT 1 FROM offers WHERE id = 3 FOR UPDATE")
         h.execute(conn, "CALL pgsnap.backfill_missing_snapshots(10)")
