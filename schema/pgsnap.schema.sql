@@ -1252,9 +1252,8 @@ BEGIN
     END IF;
 
     WITH desired AS (
-        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
-          FROM pgsnap._sync_memberships(v_targets, v_files) m
-         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
+        SELECT d.target_id, d.target_band_id, d.me_file_id, d.inputs_hash, d.snapshot
+          FROM pgsnap._sync_rows(v_targets, v_files) d
     ),
     current AS (
         -- one (target, me_files) lookup per affected target: with both as plain ANY conditions
@@ -1398,10 +1397,10 @@ END;
 $$;
 
 --
--- Name: _sync_memberships(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
+-- Name: _sync_rows(bigint[], bigint[]); Type: FUNCTION; Schema: pgsnap; Owner: -
 --
 
-CREATE FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint)
+CREATE FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[]) RETURNS TABLE(target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
     LANGUAGE plpgsql STABLE ROWS 10
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
@@ -1412,17 +1411,18 @@ CREATE FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bi
     AS $$
 BEGIN
     RETURN QUERY
-    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash
+    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
       FROM pgsnap.memberships(p_target_ids) m
+     CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
      WHERE m.me_file_id = ANY (p_me_file_ids);
 END;
 $$;
 
 --
--- Name: FUNCTION _sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
+-- Name: FUNCTION _sync_rows(p_target_ids bigint[], p_me_file_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'Internal: the rule''s rows of these me_files in these targets, planned as index lookups from their tags.';
+COMMENT ON FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'Internal: the rule''s rows of these me_files in these targets with their snapshots, planned as index lookups from their tags.';
 
 --
 -- Name: _track_populating(); Type: FUNCTION; Schema: pgsnap; Owner: -
@@ -1706,8 +1706,8 @@ CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RE
              u.band_id
             FROM UNNEST(snapshots.p_me_file_ids, snapshots.p_band_ids) u(me_file_id, band_id)
          ), shown AS (
-          SELECT p_1.me_file_id,
-             p_1.band_id,
+          SELECT pt.me_file_id,
+             pt.band_id,
              m.parent_order,
              m.parent_trait_id,
              m.trait_order,
@@ -1720,12 +1720,17 @@ CREATE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[]) RE
                          WHEN (lag(m.parent_trait_id) OVER w IS NULL) THEN '['::text
                          ELSE ']],['::text
                      END || m.parent_trait_id) || ','::text) || to_json(m.parent_name)) || ','::text) || m.parent_order) || ',['::text)
-                 END || '['::text) || m.trait_id) || ','::text) || to_json(COALESCE(NULLIF(t.tag_value, ''::text), m.trait_name))) || ','::text) || m.trait_order) || ']'::text) AS piece
-            FROM ((pairs p_1
-              JOIN public.me_file_tags t ON ((t.me_file_id = p_1.me_file_id)))
-              JOIN pgsnap.band_traits m ON (((m.trait_id = t.trait_id) AND (m.target_band_id = p_1.band_id))))
+                 END || '['::text) || m.trait_id) || ','::text) || to_json(COALESCE(NULLIF(pt.tag_value, ''::text), m.trait_name))) || ','::text) || m.trait_order) || ']'::text) AS piece
+            FROM (( SELECT p_1.me_file_id,
+                     p_1.band_id,
+                     t.trait_id,
+                     t.tag_value
+                    FROM (pairs p_1
+                      JOIN public.me_file_tags t ON ((t.me_file_id = p_1.me_file_id)))
+                  OFFSET 0) pt
+              JOIN pgsnap.band_traits m ON (((m.trait_id = pt.trait_id) AND (m.target_band_id = pt.band_id))))
            WHERE m.in_snapshot
-           WINDOW w AS (PARTITION BY p_1.me_file_id, p_1.band_id ORDER BY m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id)
+           WINDOW w AS (PARTITION BY pt.me_file_id, pt.band_id ORDER BY m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id)
          )
   SELECT p.me_file_id,
      p.band_id,

@@ -25,6 +25,7 @@ DROP FUNCTION IF EXISTS pgsnap._sync_enqueue_me_files();
 DROP FUNCTION IF EXISTS pgsnap.memberships(bigint[], bigint[]);
 DROP FUNCTION IF EXISTS pgsnap._snapshot_shape_ok(jsonb);
 DROP FUNCTION IF EXISTS pgsnap._sync_desired(bigint[], bigint[]);
+DROP FUNCTION IF EXISTS pgsnap._sync_memberships(bigint[], bigint[]);
 
 CREATE OR REPLACE FUNCTION pgsnap.lock_key(p_name text)
 RETURNS bigint

@@ -8,6 +8,11 @@
 -- child entry, preceded by its parent's opening when it is the first of its parent (a window
 -- over the same order). One sort instead of two nested aggregations; to_json quotes the
 -- strings. pgsnap.band_traits carries every name and order shown, so no other table is read.
+--
+-- Each tag's entry is found by the primary key (trait, band). The tags and their bands form one
+-- relation first (OFFSET 0 keeps it whole), because the planner costs a lookup driven by two
+-- relations as if run once: for the sync's single pair it preferred reading the trait's bands
+-- in every target and filtering them, a hundred rows or more per tag for a common trait.
 
 CREATE OR REPLACE FUNCTION pgsnap.snapshots(p_me_file_ids bigint[], p_band_ids bigint[])
 RETURNS TABLE (me_file_id bigint, target_band_id bigint, snapshot jsonb)
@@ -18,18 +23,20 @@ BEGIN ATOMIC
           FROM unnest(p_me_file_ids, p_band_ids) AS u(me_file_id, band_id)
     ),
     shown AS (   -- one row per tag shown: its text, and where it sorts
-        SELECT p.me_file_id, p.band_id, m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id,
+        SELECT pt.me_file_id, pt.band_id, m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id,
                CASE WHEN lag(m.parent_trait_id) OVER w IS NOT DISTINCT FROM m.parent_trait_id THEN ','
                     ELSE CASE WHEN lag(m.parent_trait_id) OVER w IS NULL THEN '[' ELSE ']],[' END
                          || m.parent_trait_id || ',' || to_json(m.parent_name) || ',' || m.parent_order || ',['
                END
-               || '[' || m.trait_id || ',' || to_json(coalesce(nullif(t.tag_value, ''), m.trait_name))
+               || '[' || m.trait_id || ',' || to_json(coalesce(nullif(pt.tag_value, ''), m.trait_name))
                || ',' || m.trait_order || ']' AS piece
-          FROM pairs p
-          JOIN public.me_file_tags t ON t.me_file_id = p.me_file_id
-          JOIN pgsnap.band_traits m ON m.trait_id = t.trait_id AND m.target_band_id = p.band_id
+          FROM (SELECT p.me_file_id, p.band_id, t.trait_id, t.tag_value
+                  FROM pairs p
+                  JOIN public.me_file_tags t ON t.me_file_id = p.me_file_id
+                OFFSET 0) pt   -- see above
+          JOIN pgsnap.band_traits m ON m.trait_id = pt.trait_id AND m.target_band_id = pt.band_id
          WHERE m.in_snapshot
-        WINDOW w AS (PARTITION BY p.me_file_id, p.band_id
+        WINDOW w AS (PARTITION BY pt.me_file_id, pt.band_id
                      ORDER BY m.parent_order, m.parent_trait_id, m.trait_order, m.trait_id)
     )
     SELECT p.me_file_id, p.band_id,

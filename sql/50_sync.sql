@@ -11,8 +11,9 @@
 --
 -- The sync's statements are its own (planned for a few me_files: index lookups on
 -- target_populations (target_id, me_file_id), me_file_tags (me_file_id) and band_traits
--- (trait_id, target_id)), never shared with a populate batch. The trigger functions and sync_me_file are SECURITY DEFINER: the
--- application role writes tags but may not write target_populations or the queue itself.
+-- (trait_id, target_id), then (trait_id, target_band_id)), never shared with a populate batch.
+-- The trigger functions and sync_me_file are SECURITY DEFINER: the application role writes tags
+-- but may not write target_populations or the queue itself.
 
 -- Under REPEATABLE READ or SERIALIZABLE the sync reads through the transaction's snapshot,
 -- which may predate other writers of the same me_files. Fail with a serialization error
@@ -40,17 +41,19 @@ BEGIN
 END;
 $$;
 
--- The rule's rows of the me_files of one sync in these targets. A function of its own for its
--- planner settings: its inputs are the me_files of one transaction, so the join should be
--- driven by their tags (me_file_tags by me_file_id, then band_traits by (trait_id, target_id)).
+-- The rule's rows of the me_files of one sync in these targets, each with its snapshot (the
+-- rule's statement and the one builder, under planner settings of their own). Its inputs are
+-- the me_files of one transaction, so every lookup should be driven by their tags: the bands
+-- of each tag by band_traits (trait_id, target_id), then each snapshot entry by (trait, band).
 -- Left free, the session's generic plan (made once, for arrays of unknown size) reads every
 -- band_traits row of the affected targets and merge- or hash-joins them with the me_file's dozen
 -- tags, or (without those) scans them against a materialized copy of the tags: thousands of rows
--- when the targets are large. With these settings the plan stays linear in the tags whatever
--- their number (a bulk tag load syncs thousands of me_files at once). Only this SELECT runs
--- under them: it fires no trigger and no foreign-key query.
-CREATE OR REPLACE FUNCTION pgsnap._sync_memberships(p_target_ids bigint[], p_me_file_ids bigint[])
-RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint)
+-- when the targets are large or many. With these settings the plan stays linear in the tags
+-- whatever their number (a bulk tag load syncs thousands of me_files at once): each row's
+-- snapshot is built on its own, for one pair, as index lookups. Only this SELECT runs under
+-- them: it fires no trigger and no foreign-key query.
+CREATE OR REPLACE FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[])
+RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
 LANGUAGE plpgsql STABLE
 ROWS 10
 SET search_path = pg_catalog, pg_temp
@@ -62,13 +65,14 @@ SET enable_material = off
 AS $$
 BEGIN
     RETURN QUERY
-    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash
+    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
       FROM pgsnap.memberships(p_target_ids) m
+     CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
      WHERE m.me_file_id = ANY (p_me_file_ids);
 END;
 $$;
-COMMENT ON FUNCTION pgsnap._sync_memberships(bigint[], bigint[]) IS
-    'Internal: the rule''s rows of these me_files in these targets, planned as index lookups from their tags.';
+COMMENT ON FUNCTION pgsnap._sync_rows(bigint[], bigint[]) IS
+    'Internal: the rule''s rows of these me_files in these targets with their snapshots, planned as index lookups from their tags.';
 
 -- Recompute the given me_files in the maintained targets whose bands use one of the given
 -- traits (p_all: every target one of their tags or rows is in). Returns rows changed.
@@ -127,9 +131,8 @@ BEGIN
     END IF;
 
     WITH desired AS (
-        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
-          FROM pgsnap._sync_memberships(v_targets, v_files) m
-         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
+        SELECT d.target_id, d.target_band_id, d.me_file_id, d.inputs_hash, d.snapshot
+          FROM pgsnap._sync_rows(v_targets, v_files) d
     ),
     current AS (
         -- one (target, me_files) lookup per affected target: with both as plain ANY conditions

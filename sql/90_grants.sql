@@ -186,7 +186,7 @@ BEGIN
         pgsnap.target_state, pgsnap.band_traits TO pgsnap_definer;
     GRANT SELECT ON TABLE pgsnap.catalogue_bands, pgsnap.catalogue_band_traits TO pgsnap_definer;
     GRANT EXECUTE ON FUNCTION pgsnap._sync(bigint[], bigint[], boolean),
-        pgsnap._sync_memberships(bigint[], bigint[]),
+        pgsnap._sync_rows(bigint[], bigint[]),
         pgsnap._sync_check_snapshot(bigint[], bigint[]), pgsnap.memberships(bigint[]),
         pgsnap.snapshots(bigint[], bigint[]), pgsnap._slot(bigint), pgsnap._slot_space(),
         pgsnap._compile(bigint[]), pgsnap._mark_stale(bigint[], text, text), pgsnap.lock_key(text),

@@ -183,10 +183,27 @@ def test_the_sync_after_a_large_populate_on_the_same_connection_reads_by_index(c
     assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
 
 
+def band_traits_lookups(node, found=None):
+    """(index, index condition, filter, join filter above it) of every band_traits scan in a plan."""
+    found = [] if found is None else found
+    for child in node.get("Plans", []):
+        if child.get("Relation Name") == "band_traits":
+            found.append((child.get("Index Name"), child.get("Index Cond"), child.get("Filter"),
+                          node.get("Join Filter")))
+        band_traits_lookups(child, found)
+    return found
+
+
+# each tag of the me_file looked up by (trait, band) for the snapshot
+SNAPSHOT_LOOKUP = ("band_traits_pkey", "((trait_id = t_1.trait_id) AND (target_band_id = p_1.band_id))",
+                   "in_snapshot", None)
+
+
 def test_the_sync_finds_bands_from_the_me_files_tags(conn):
     """The sync's own rows come from the changed me_file's tags, each looked up in band_traits
-    by (trait, target): never a read of every band_traits row of the affected targets (here
-    1,203: each wide band's group holds 400 more traits besides Female)."""
+    by trait (its bands in the affected targets kept), then by (trait, band) for the snapshot:
+    never a read of every band_traits row of the affected targets (here 1,203: each wide band's
+    group holds 400 more traits besides Female)."""
     seed_wide(conn)
     execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
                   " SELECT g, 'trait ' || g, %s, g FROM generate_series(1000, 1399) g", (SEX,))
@@ -199,9 +216,49 @@ def test_the_sync_finds_bands_from_the_me_files_tags(conn):
     plans = sync_plans(conn, f"DELETE FROM me_file_tags WHERE me_file_id = 77 AND trait_id = {FEMALE}")
     desired = [p for p in plans if "pgsnap.memberships(p_target_ids)" in p["Query Text"]]
     assert len(desired) == 1, [p["Query Text"] for p in plans]
-    band_scans = [s for s in scans(desired[0]["Plan"]) if s[1] == "band_traits"]
-    assert band_scans == [("Index Scan", "band_traits", "band_traits_trait_id_target_id_idx")]
+    assert band_traits_lookups(desired[0]["Plan"]) == [
+        ("band_traits_trait_id_target_id_idx", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
+        SNAPSHOT_LOOKUP]
     assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
+
+
+def test_the_sync_finds_each_snapshot_entry_by_trait_and_band(conn):
+    """The snapshot of a synced row looks up each of the me_file's tags in band_traits by
+    (trait, band): never every band of the trait, filtered afterwards (here the new trait is in
+    the bands of 403 targets). Without the builder's OFFSET 0 the planner picks that filter."""
+    seed_wide(conn)
+    execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
+                  " VALUES (1000, 'trait 1000', %s, 1000)", (SEX,))
+    execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
+                  " SELECT g, 'trait ' || g, %s, g FROM generate_series(2000, 2399) g", (SEX,))
+    # 400 more targets, each with one band of one group holding the new trait and one of its
+    # own: most traits are in one band, as in a real catalogue, and the new one in 403
+    execute(conn, "INSERT INTO targets (id, title)"
+                  " SELECT g, 'target ' || g FROM generate_series(1000, 1399) g")
+    execute(conn, "INSERT INTO target_bands (id, target_id, title, is_bullseye)"
+                  " SELECT g, g, 'band ' || g, false FROM generate_series(1000, 1399) g")
+    execute(conn, "INSERT INTO trait_groups (id, title)"
+                  " SELECT g, 'group ' || g FROM generate_series(1000, 1399) g")
+    execute(conn, "INSERT INTO trait_group_traits (trait_group_id, trait_id)"
+                  " SELECT g, t FROM generate_series(1000, 1399) g, LATERAL (VALUES (1000), (g + 1000)) v(t)")
+    execute(conn, "INSERT INTO target_band_trait_groups (target_band_id, trait_group_id)"
+                  " SELECT g, g FROM generate_series(1000, 1399) g")
+    execute(conn, "INSERT INTO trait_group_traits (trait_group_id, trait_id) VALUES (70, 1000)")
+    assert value(conn, "SELECT count(*) FROM pgsnap.band_traits WHERE trait_id = 1000") == 400 + WIDE
+    for target in range(11, 11 + WIDE):
+        run(conn, target)
+    execute(conn, "ANALYZE")   # as autovacuum would
+    plans = sync_plans(conn, "INSERT INTO me_file_tags (me_file_id, trait_id, tag_value)"
+                             " VALUES (77, 1000, 'x')")
+    desired = [p for p in plans if "pgsnap.snapshots(ARRAY[m.me_file_id]" in p["Query Text"]]
+    assert len(desired) == 1, [p["Query Text"] for p in plans]
+    assert band_traits_lookups(desired[0]["Plan"]) == [
+        ("band_traits_trait_id_target_id_idx", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
+        SNAPSHOT_LOOKUP]
+    shown = {"tags": [[SEX, "Sex (Biological)", 1, [[FEMALE, "Female", 2], [1000, "x", 1000]]]]}
+    assert {(r[0], json.dumps(r[1])) for r in conn.execute(
+        "SELECT target_id, matching_tags_snapshot FROM target_populations WHERE me_file_id = 77")} == {
+        (target, json.dumps(shown)) for target in range(11, 11 + WIDE)}
 
 
 def test_a_large_populate_leaves_the_table_analysed(conn):

@@ -372,7 +372,7 @@ def test_every_function_pins_its_search_path(conn):
     assert {name: config[1:] for name, kind, _, config, _, _ in routines if kind == "f" and config
             and config[1:]} == {
         "_sync": ["plan_cache_mode=force_generic_plan"],
-        "_sync_memberships": ["plan_cache_mode=force_generic_plan", "enable_hashjoin=off",
+        "_sync_rows": ["plan_cache_mode=force_generic_plan", "enable_hashjoin=off",
                               "enable_mergejoin=off", "enable_bitmapscan=off", "enable_material=off"]}
     first = "COMMIT;\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);"
     procedures = {name: src for name, kind, _, _, _, src in routines if kind == "p"}
