@@ -3212,7 +3212,7 @@ ALTER TABLE ONLY pgsnap.backfill_runs
 --
 
 ALTER TABLE ONLY pgsnap.band_traits
-    ADD CONSTRAINT band_traits_pkey PRIMARY KEY (trait_id, target_band_id);
+    ADD CONSTRAINT band_traits_pkey PRIMARY KEY (trait_id, target_band_id) INCLUDE (target_id, tier, bits, full_mask, in_snapshot, trait_name, trait_order, parent_trait_id, parent_name, parent_order);
 
 --
 -- Name: job_run_details job_run_details_pkey; Type: CONSTRAINT; Schema: pgsnap; Owner: -
@@ -3414,12 +3414,6 @@ CREATE INDEX backfill_runs_started_at_idx ON pgsnap.backfill_runs USING btree (s
 --
 
 CREATE INDEX band_traits_target_id_idx ON pgsnap.band_traits USING btree (target_id, target_band_id);
-
---
--- Name: band_traits_trait_id_target_id_idx; Type: INDEX; Schema: pgsnap; Owner: -
---
-
-CREATE INDEX band_traits_trait_id_target_id_idx ON pgsnap.band_traits USING btree (trait_id, target_id);
 
 --
 -- Name: job_run_details_end_time_idx; Type: INDEX; Schema: pgsnap; Owner: -

@@ -10,8 +10,8 @@
 -- A registration needs nothing of its own: its tags are queued like any other.
 --
 -- The sync's statements are its own (planned for a few me_files: index lookups on
--- target_populations (target_id, me_file_id), me_file_tags (me_file_id) and band_traits
--- (trait_id, target_id), then (trait_id, target_band_id)), never shared with a populate batch.
+-- target_populations (target_id, me_file_id), me_file_tags (me_file_id) and band_traits' key
+-- (trait_id, target_band_id), which carries every column), never shared with a populate batch.
 -- The trigger functions and sync_me_file are SECURITY DEFINER: the application role writes tags
 -- but may not write target_populations or the queue itself.
 
@@ -44,7 +44,8 @@ $$;
 -- The rule's rows of the me_files of one sync in these targets, each with its snapshot (the
 -- rule's statement and the one builder, under planner settings of their own). Its inputs are
 -- the me_files of one transaction, so every lookup should be driven by their tags: the bands
--- of each tag by band_traits (trait_id, target_id), then each snapshot entry by (trait, band).
+-- of each tag in these targets, then each snapshot entry by (trait, band), both read from
+-- band_traits' primary key alone.
 -- Left free, the session's generic plan (made once, for arrays of unknown size) reads every
 -- band_traits row of the affected targets and merge- or hash-joins them with the me_file's dozen
 -- tags, or (without those) scans them against a materialized copy of the tags: thousands of rows

@@ -55,6 +55,7 @@ LOCKS = {
     "0008.engine-state": [("targets", SRE), ("target_populations", AE), ("target_bands", AE)],
     "0009.snapshot-shape": [("target_populations", AE), ("offers", AE), ("ad_events", AE)],
     "0011.trait-lookup": [],   # its table is created by 0008, in the same plan
+    "0012.band-lookup": [],
     "0005.enforce-target-populations-snapshot": [("target_populations", AE)],
     "0006.enforce-offers-snapshot": [("offers", AE)],
     "0007.enforce-ad-events-snapshot": [("ad_events", AE)],

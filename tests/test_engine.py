@@ -217,7 +217,7 @@ def test_the_sync_finds_bands_from_the_me_files_tags(conn):
     desired = [p for p in plans if "pgsnap.memberships(p_target_ids)" in p["Query Text"]]
     assert len(desired) == 1, [p["Query Text"] for p in plans]
     assert band_traits_lookups(desired[0]["Plan"]) == [
-        ("band_traits_trait_id_target_id_idx", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
+        ("band_traits_pkey", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
         SNAPSHOT_LOOKUP]
     assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
 
@@ -253,7 +253,7 @@ def test_the_sync_finds_each_snapshot_entry_by_trait_and_band(conn):
     desired = [p for p in plans if "pgsnap.snapshots(ARRAY[m.me_file_id]" in p["Query Text"]]
     assert len(desired) == 1, [p["Query Text"] for p in plans]
     assert band_traits_lookups(desired[0]["Plan"]) == [
-        ("band_traits_trait_id_target_id_idx", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
+        ("band_traits_pkey", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
         SNAPSHOT_LOOKUP]
     shown = {"tags": [[SEX, "Sex (Biological)", 1, [[FEMALE, "Female", 2], [1000, "x", 1000]]]]}
     assert {(r[0], json.dumps(r[1])) for r in conn.execute(
