@@ -1,5 +1,5 @@
 -- band_traits by (trait, target): the sync looks up the bands of one me_file's tags in the
--- targets a change affects, a few index entries per tag (pgsnap._sync_memberships). The primary
+-- targets a change affects, a few entries per tag (pgsnap._sync_rows; 0012 moves it). The primary
 -- key (trait_id, target_band_id) finds a trait's bands in every target, to be filtered one by one.
 -- band_traits is pgsnap's compiled catalogue (a few rows per band), written only by catalogue
 -- edits: building the index holds off those edits for milliseconds; tag writes go on.

@@ -373,7 +373,7 @@ def test_every_function_pins_its_search_path(conn):
             and config[1:]} == {
         "_sync": ["plan_cache_mode=force_generic_plan"],
         "_sync_rows": ["plan_cache_mode=force_generic_plan", "enable_hashjoin=off",
-                              "enable_mergejoin=off", "enable_bitmapscan=off", "enable_material=off"]}
+                       "enable_mergejoin=off", "enable_bitmapscan=off", "enable_material=off"]}
     first = "COMMIT;\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);"
     procedures = {name: src for name, kind, _, _, _, src in routines if kind == "p"}
     assert sorted(procedures) == ["backfill_missing_snapshots", "populate_target",
