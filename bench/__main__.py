@@ -150,7 +150,10 @@ def format_table(report: dict) -> str:
             ("copy/scan", "copy_over_scan", "<= 0.25")]
     out.append("ratios (aim): " + "; ".join(f"{label} = {r.get(key)} ({aim})" for label, key, aim in aims))
     m = report["machine"]
-    out.append(f"peak RSS (Python): {report['peak_rss_mb']} MB; elapsed {report['elapsed_s']} s")
+    peer_rss = (f["c_peer"] or {}).get("peer_peak_rss_mb")
+    out.append(f"peak RSS (Python): {report['peak_rss_mb']} MB"
+               + (f" (the peer, in a process of its own: {peer_rss} MB)" if peer_rss else "")
+               + f"; elapsed {report['elapsed_s']} s")
     out.append(f"machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gb']} GB, PostgreSQL {m['postgres']}; "
                f"load average {m['loadavg_start'][0]} at start, {m.get('loadavg_end', ['?'])[0]} at end")
     return "\n".join(out)

@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench.common import peak_rss_mb
+
 BATCH_SIZE = 500
 
 
@@ -90,6 +92,16 @@ class _Counting:
     def execute(self, query, params=None):
         self.queries += 1
         return self.conn.execute(query, params)
+
+
+def populate_targets(dsn: str, target_ids: list[int]) -> tuple[list[PeerResult], float]:
+    """The bench's entry point, run in a process of its own: each target in turn on one autocommit
+    connection, and this process's peak RSS in MB. The original held a whole target's
+    candidates in memory, and so does the peer; its own process keeps that out of pgsnap's
+    figure."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        runs = [populate_target(conn, target_id) for target_id in target_ids]
+    return runs, peak_rss_mb()
 
 
 def populate_target(conn: psycopg.Connection, target_id: int, batch_size: int = BATCH_SIZE) -> PeerResult:

@@ -12,7 +12,8 @@ Order:
   snapshots; (b) ``CALL pgsnap.populate_target`` of the same targets; (e) tag changes on
   the connection that ran (b); (d) (b) again (no-op refresh, rows written counted from
   ``pg_stat_user_tables``); copy vs. scan and (g) rename (``bench.catalogue``); (c) the
-  original's algorithm (``bench.peer``) into the emptied rows, compared with (b)'s;
+  original's algorithm (``bench.peer``, in a process of its own) into the emptied rows,
+  compared with (b)'s;
 * (e) sync latency with 100 and 1,000 maintained targets and with 3 wide targets, (h)
   throughput and the counts under churn (``bench.sync``).
 
@@ -23,10 +24,12 @@ goes on.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import psycopg
@@ -199,17 +202,17 @@ def c_peer(ctx: Context) -> dict[str, Any]:
                   " tp.matching_tags_snapshot FROM target_populations tp JOIN target_bands b"
                   " ON b.id = tp.target_band_id WHERE b.target_id = ANY(%s)", [targets])
     delete_populations(c, targets)
-    runs = []
-    t0 = time.perf_counter()
-    with psycopg.connect(ctx.dsn, autocommit=True) as peer_conn:
-        for target_id in targets:
-            runs.append(peer.populate_target(peer_conn, target_id))
-    seconds = time.perf_counter() - t0
+    # a process of its own (started before the clock): its memory is the peer's, not pgsnap's
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(int).result()
+        t0 = time.perf_counter()
+        runs, peer_rss = pool.submit(peer.populate_targets, ctx.dsn, targets).result()
+        seconds = time.perf_counter() - t0
     rows = population_rows(c, targets)
     out: dict[str, Any] = {
         "seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds),
         "inserted": sum(r.inserted for r in runs), "batches": sum(r.batches for r in runs),
-        "queries": sum(r.queries for r in runs), "targets": len(targets),
+        "queries": sum(r.queries for r in runs), "targets": len(targets), "peer_peak_rss_mb": peer_rss,
     }
     if compare:   # pgsnap's time for the same targets in (b)
         b_seconds = sum(ctx.populate_seconds[t] for t in targets)

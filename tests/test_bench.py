@@ -133,6 +133,7 @@ def test_bench_tiny_reports_every_figure(pg_server, tmp_path):
     for name in ("a_floor", "b_populate", "c_peer"):
         assert figures[name]["seconds"] > 0 and figures[name]["rows"] > 0, name
     assert figures["c_peer"]["equal_to_pgsnap"]["equal"] is True
+    assert figures["c_peer"]["peer_peak_rss_mb"] > 0   # measured in the peer's own process
     assert figures["d_noop_refresh"]["rows_written"] == 0
     assert figures["d_noop_refresh"]["rows_with_new_xmin"] == 0
     runs = figures["e_sync_latency"]["runs"]
