@@ -547,7 +547,9 @@ def migrate(
                                    conn, tables, what)
                 result.applied += [m.id for m in step]
                 result.sql_files = files or result.sql_files
-            if not result.applied and not result.stopped:
+            # nothing applied, or a last step without a transaction (it deploys no sql/)
+            if not result.stopped and (not result.applied or deployed_checksum(conn) != sql_checksum(
+                    resources.sql_files())):
                 files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
                                    "deploy sql/")
                 result.sql_files = len(files)
@@ -627,10 +629,16 @@ def rollback(dsn: str, to: str | None = None, all_: bool = False, *, expected: l
         for m in targets:
             say(f"rolling back {m.id}")
             try:
-                with backend.transaction():
+                if m.use_transactions:
+                    with backend.transaction():
+                        _steps(backend, m, "rollback")
+                        backend.unmark_one(m, log=False)
+                        backend.log_migration(m, "rollback")
+                else:  # yoyo runs it outside any transaction; unrecord it after
                     _steps(backend, m, "rollback")
-                    backend.unmark_one(m, log=False)
-                    backend.log_migration(m, "rollback")
+                    with backend.transaction():
+                        backend.unmark_one(m, log=False)
+                        backend.log_migration(m, "rollback")
             except psycopg.Error as exc:
                 raise PgsnapError(f"rolling back {m.id} failed: {describe_db_error(exc)}") from None
             done.append(m.id)

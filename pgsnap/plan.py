@@ -145,8 +145,10 @@ def plan(dsn: str, to: str | None = None) -> dict:
                                 "transactional": bool(m.use_transactions),
                                 "locks": [{"table": t, "mode": mode} for t, mode in locks.items()],
                                 "unread": unread})
-            steps.append({"migrations": entries,
-                          "sql": "deployed" if len(step) == len(whole) else "if it can be without the rest"})
+            # a step without a transaction deploys no sql/: migrate deploys it after the last step
+            sql = ("none" if not step[0].use_transactions else
+                   "deployed" if len(step) == len(whole) else "if it can be without the rest")
+            steps.append({"migrations": entries, "sql": sql})
         files = resources.sql_files()
         checksum, deployed = deploy.sql_checksum(files), deploy.deployed_checksum(conn)
         backfill = _backfill(conn) if backfill_before else None

@@ -3461,7 +3461,7 @@ CREATE INDEX campaigns_target_id_idx ON public.campaigns USING btree (target_id)
 -- Name: me_file_tags_trait_id_me_file_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX me_file_tags_trait_id_me_file_id_idx ON public.me_file_tags USING btree (trait_id, me_file_id);
+CREATE INDEX me_file_tags_trait_id_me_file_id_idx ON public.me_file_tags USING btree (trait_id, me_file_id) INCLUDE (tag_value);
 
 --
 -- Name: offers_me_file_id_target_band_id_idx; Type: INDEX; Schema: public; Owner: -

@@ -167,6 +167,15 @@ def enforcement_ids() -> list[str]:
     return [m.id for m in deploy.read_migrations() if deploy.is_enforcement(m)]
 
 
+def alone_ids() -> list[str]:
+    """Migrations that run without a transaction (`-- transactional: false`): each is a step of
+    its own, with no sql/ deploy."""
+    migrations = deploy.read_migrations()
+    for m in migrations:
+        m.load()
+    return [m.id for m in migrations if not m.use_transactions]
+
+
 # -- the legacy journey's data set -------------------------------------------------------------
 # Worked example of docs/rules.md (tests.helpers): T1 = B1 {G10,G20,G30} bullseye, B2 {G10,G20},
 # B3 {G10}; M1 -> B1, M2 -> B2, M3 -> B3, M4 (male) in no band; M5 like M2 with a blank zip value.

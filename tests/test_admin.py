@@ -15,12 +15,13 @@ import pytest
 from pgsnap import deploy, resources
 from scripts.dump_schema import dump_schema
 from tests.helpers import APP_TABLES, db_state, execute, value
-from tests.legacy_data import applied, enforcement_ids, journey_order, seed_legacy_journey
+from tests.legacy_data import alone_ids, applied, enforcement_ids, journey_order, seed_legacy_journey
 
 JOURNEY = journey_order()  # what one `pgsnap migrate` applies to an empty database, in order
 BASELINE = JOURNEY[0]
 ENFORCING = [m for m in JOURNEY if m in enforcement_ids()]
 PLAIN = [m for m in JOURNEY[1:] if m not in ENFORCING]
+ALONE = alone_ids()  # steps of their own, without a transaction
 SUE = "SHARE UPDATE EXCLUSIVE"
 SRE = "SHARE ROW EXCLUSIVE"
 AE = "ACCESS EXCLUSIVE"
@@ -41,8 +42,9 @@ def legacy(cli, dsn: str) -> str:
 
 
 # -- migrate --plan --------------------------------------------------------------------------------
-def step(*migrations: tuple[str, list[tuple[str, str]]], enforcement: bool = False, sql: str = "deployed"):
-    return {"migrations": [{"id": mid, "enforcement": enforcement, "transactional": True,
+def step(*migrations: tuple[str, list[tuple[str, str]]], enforcement: bool = False, sql: str = "deployed",
+         transactional: bool = True):
+    return {"migrations": [{"id": mid, "enforcement": enforcement, "transactional": transactional,
                             "locks": [{"table": t, "mode": m} for t, m in locks], "unread": []}
                            for mid, locks in migrations], "sql": sql}
 
@@ -56,6 +58,7 @@ LOCKS = {
     "0009.snapshot-shape": [("target_populations", AE), ("offers", AE), ("ad_events", AE)],
     "0011.trait-lookup": [],   # its table is created by 0008, in the same plan
     "0012.band-lookup": [],
+    "0013.tag-value-lookup": [("me_file_tags", SUE)],
     "0005.enforce-target-populations-snapshot": [("target_populations", AE)],
     "0006.enforce-offers-snapshot": [("offers", AE)],
     "0007.enforce-ad-events-snapshot": [("ad_events", AE)],
@@ -84,7 +87,8 @@ def test_plan_on_an_empty_database(cli, empty_db_dsn, pg_server):
         "database": f"{pg_server.host}:{pg_server.port}/{dbname}",
         "applied": 0, "pending": len(JOURNEY),
         # every table is created by the plan itself: nothing existing is locked
-        "steps": [step(*((mid, []) for mid in [BASELINE, *PLAIN])),
+        "steps": [step(*((mid, []) for mid in [BASELINE, *PLAIN] if mid not in ALONE)),
+                  *(step((mid, []), sql="none", transactional=False) for mid in ALONE),
                   *(step((mid, []), enforcement=True) for mid in ENFORCING)],
         "backfill": {"before": ENFORCING[0], "total": 0, "exact": True, "estimate": {"seconds": 0.0},
                      "tables": {t: {"nulls": 0, "sources": None} for t in ("target_populations", "offers",
@@ -97,7 +101,9 @@ def test_plan_on_a_legacy_database(cli, empty_db_dsn):
     legacy(cli, empty_db_dsn)
     found = plan(cli, empty_db_dsn)
     assert list(LOCKS) == JOURNEY[1:]
-    assert found["steps"] == [step(*((mid, LOCKS[mid]) for mid in PLAIN)), *ENFORCEMENT_STEPS]
+    assert found["steps"] == [step(*((mid, LOCKS[mid]) for mid in PLAIN if mid not in ALONE)),
+                              *(step((mid, LOCKS[mid]), sql="none", transactional=False) for mid in ALONE),
+                              *ENFORCEMENT_STEPS]
     assert found["backfill"] == {
         "before": ENFORCING[0], "total": 17, "exact": False,
         "tables": {"target_populations": {"nulls": 3, "sources": None},

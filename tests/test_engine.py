@@ -261,6 +261,41 @@ def test_the_sync_finds_each_snapshot_entry_by_trait_and_band(conn):
         (target, json.dumps(shown)) for target in range(11, 11 + WIDE)}
 
 
+# 20,000 me_files with 10 tags each, of 100 traits; a target of one of them
+TRAITS, ME_FILES, TAGS = range(2000, 2100), 20_000, 10
+
+
+def test_a_populate_batch_reads_its_targets_tags_by_trait_with_their_values(conn):
+    """A populate batch reads the tags of its target's traits alone, each with the value its
+    inputs_hash needs, from the trait index (migration 0013 put tag_value in it): never every
+    tag of the batch's me_files through (me_file_id, trait_id), filtered afterwards (here ten
+    times as many)."""
+    seed_example_catalogue(conn)
+    execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
+                  " SELECT g, 'trait ' || g, %s, g FROM generate_series(%s::integer, %s::integer) g",
+            (HOBBIES, TRAITS[0], TRAITS[-1]))
+    add_group(conn, 80, [TRAITS[0]])
+    add_target(conn, 20, bands=[(200, [80])])
+    execute(conn, "INSERT INTO me_files (id) SELECT g FROM generate_series(1, %s) g", (ME_FILES,))
+    # me_file f holds traits 2000 + (7f + 13k) mod 100 for k < 10: ten distinct traits
+    execute(conn, "INSERT INTO me_file_tags (me_file_id, trait_id, tag_value)"
+                  " SELECT f, %s + (7 * f + 13 * k) %% 100, 'v' || f"
+                  "   FROM generate_series(1, %s) f, generate_series(0, %s) k",
+            (TRAITS[0], ME_FILES, TAGS - 1))
+    # as autovacuum would after the load; the test cluster commits asynchronously, and VACUUM
+    # marks a page all-visible only once the commits of its rows are flushed
+    execute(conn, "CHECKPOINT")
+    execute(conn, "VACUUM (ANALYZE) me_file_tags")
+    plans = sync_plans(conn, "CALL pgsnap.populate_target(20)")
+    batches = [p for p in plans if "FROM pgsnap.memberships(ARRAY[$1]::bigint[])" in p["Query Text"]]
+    assert len(batches) == 2, [p["Query Text"] for p in plans]   # 20,000 me_files, 10,000 a batch
+    assert {s for p in batches for s in scans(p["Plan"]) if s[1] == "me_file_tags"} == {
+        ("Index Only Scan", "me_file_tags", "me_file_tags_trait_id_me_file_id_idx")}
+    members = [f for f in range(1, ME_FILES + 1) if any((7 * f + 13 * k) % 100 == 0 for k in range(TAGS))]
+    assert [r[0] for r in conn.execute(
+        "SELECT me_file_id FROM target_populations WHERE target_id = 20 ORDER BY me_file_id")] == members
+
+
 def test_a_large_populate_leaves_the_table_analysed(conn):
     seed_wide(conn)
     run(conn, 11)

@@ -8,15 +8,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgsnap import deploy
+from pgsnap import deploy, resources
 from scripts.dump_schema import dump_schema
 from tests.helpers import db_state, execute, rows, seed_worked_example, value
-from tests.legacy_data import applied, enforcement_ids, journey_order, seed_legacy_journey
+from tests.legacy_data import alone_ids, applied, enforcement_ids, journey_order, seed_legacy_journey
 
 JOURNEY = journey_order()  # what one `pgsnap migrate` applies to an empty database, in order
 BASELINE = JOURNEY[0]
 ENFORCING = [m for m in JOURNEY if m in enforcement_ids()]
 PLAIN = [m for m in JOURNEY[1:] if m not in ENFORCING]
+FIRST_STEP = [m for m in PLAIN if m not in alone_ids()]  # one transaction; then each alone
 FIXTURE_HOME = Path(__file__).resolve().parent / "fixtures" / "home"
 
 
@@ -52,7 +53,7 @@ def test_a_crash_before_the_records_leaves_the_legacy_database_exactly_as_it_was
     crash_before_records(monkeypatch)
     with pytest.raises(Crash) as crashed:
         deploy.migrate(empty_db_dsn)
-    assert str(crashed.value) == f"crashed after the statements of {PLAIN}"
+    assert str(crashed.value) == f"crashed after the statements of {FIRST_STEP}"
     assert state(empty_db_dsn) == before
     monkeypatch.undo()
     assert deploy.migrate(empty_db_dsn).applied == JOURNEY[1:]  # nothing half-applied stands in the way
@@ -172,3 +173,48 @@ def test_lock_timeout_with_a_space_works_and_a_bad_one_is_refused_before_anythin
     result = cli("migrate", "--lock-timeout", "2 s", dsn=empty_db_dsn)
     assert (result.exit_code, result.stderr) == (0, "")
     assert applied(empty_db_dsn) == JOURNEY
+
+
+# -- a migration without a transaction (0013.tag-value-lookup: CREATE INDEX CONCURRENTLY) ----------
+TAG_VALUE_LOOKUP = "0013.tag-value-lookup"
+TRAIT_INDEX = "me_file_tags_trait_id_me_file_id_idx"
+
+
+def trait_indexes(dsn: str) -> list[tuple]:
+    """(name, definition, valid) of me_file_tags' indexes led by trait_id."""
+    with psycopg.connect(dsn) as c:
+        return rows(c, "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i"
+                       " JOIN pg_class c ON c.oid = i.indexrelid"
+                       " WHERE i.indrelid = 'public.me_file_tags'::regclass AND c.relname LIKE %s ORDER BY 1",
+                    ("me_file_tags_trait_id%",))
+
+
+def index(include: str = "") -> tuple:
+    definition = f"CREATE INDEX {TRAIT_INDEX} ON public.me_file_tags USING btree (trait_id, me_file_id)"
+    return (TRAIT_INDEX, definition + include, True)
+
+
+def test_a_run_after_a_failed_concurrent_build_starts_over_and_sql_follows(empty_db_dsn):
+    """0013 runs statement by statement outside a transaction, and so does its rollback, which
+    restores the index without tag_value. After a build that failed (its INVALID index left under
+    the new name), migrate drops the leftover and builds again; the index replaces the old one
+    under the old name; sql/, which that step cannot deploy, is deployed after it when stale."""
+    before = "0012.band-lookup"
+    assert deploy.migrate(empty_db_dsn).applied == JOURNEY
+    assert trait_indexes(empty_db_dsn) == [index(" INCLUDE (tag_value)")]
+    assert deploy.rollback(empty_db_dsn, to=before) == [TAG_VALUE_LOOKUP]
+    assert TAG_VALUE_LOOKUP not in applied(empty_db_dsn) and trait_indexes(empty_db_dsn) == [index()]
+    with psycopg.connect(empty_db_dsn, autocommit=True) as c:
+        execute(c, "CREATE INDEX me_file_tags_trait_id_me_file_id_value_idx ON me_file_tags (trait_id)")
+        execute(c, "UPDATE pg_index SET indisvalid = false"
+                   " WHERE indexrelid = 'me_file_tags_trait_id_me_file_id_value_idx'::regclass")
+        execute(c, "UPDATE pgsnap.settings SET value = 'stale' WHERE key = 'sql_checksum'")
+    result = deploy.migrate(empty_db_dsn)
+    assert (result.applied, result.sql_files) == ([TAG_VALUE_LOOKUP], len(resources.sql_files()))
+    assert trait_indexes(empty_db_dsn) == [index(" INCLUDE (tag_value)")]
+    with psycopg.connect(empty_db_dsn) as c:
+        assert deploy.deployed_checksum(c) == deploy.sql_checksum(resources.sql_files())
+    assert deploy.rollback(empty_db_dsn, to=before) == [TAG_VALUE_LOOKUP]
+    result = deploy.migrate(empty_db_dsn)   # sql/ is current: nothing to deploy after the step
+    assert (result.applied, result.sql_files) == ([TAG_VALUE_LOOKUP], 0)
+    assert trait_indexes(empty_db_dsn) == [index(" INCLUDE (tag_value)")]

@@ -67,8 +67,8 @@ def echo_plan(found: dict) -> None:
         if backfill and first["id"] == backfill["before"]:
             echo_backfill(backfill)
         kind = "enforcement step" if first["enforcement"] else "step"
-        sql = ("with sql/" if step["sql"] == "deployed" else
-               "with sql/, refused if sql/ needs the rest of the step")
+        sql = {"deployed": "with sql/", "none": "sql/ after it"}.get(
+            step["sql"], "with sql/, refused if sql/ needs the rest of the step")
         transaction = "one transaction" if first["transactional"] else "no transaction (transactional: false)"
         click.echo(f"{kind} {n} ({transaction}, {sql}):")
         rows = []
