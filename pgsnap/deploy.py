@@ -297,6 +297,11 @@ def deployed_checksum(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
+def sql_is_current(conn: psycopg.Connection) -> bool:
+    """Whether the deployed sql/ is this pgsnap's (by checksum)."""
+    return deployed_checksum(conn) == sql_checksum(resources.sql_files())
+
+
 def deploy_sql(conn: psycopg.Connection, directory: Path | None = None,
                lock_timeout: str | None = None) -> list[Path]:
     """Execute every `sql/*.sql` in name order, in ONE transaction (a savepoint when the
@@ -519,8 +524,7 @@ def migrate(
                 if not step:
                     continue
                 if is_enforcement(step[0]) and not prepared:
-                    current = deployed_checksum(conn) == sql_checksum(resources.sql_files())
-                    if not result.sql_files and not current:  # sql/ must be current for the backfill
+                    if not result.sql_files and not sql_is_current(conn):  # the backfill needs current sql/
                         files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
                                            "deploy sql/")
                         result.sql_files = len(files)
@@ -548,8 +552,7 @@ def migrate(
                 result.applied += [m.id for m in step]
                 result.sql_files = files or result.sql_files
             # nothing applied, or a last step without a transaction (it deploys no sql/)
-            if not result.stopped and (not result.applied or deployed_checksum(conn) != sql_checksum(
-                    resources.sql_files())):
+            if not result.stopped and (not result.applied or not sql_is_current(conn)):
                 files = policy.run(lambda: deploy_sql(conn, lock_timeout=policy.timeout), conn, (),
                                    "deploy sql/")
                 result.sql_files = len(files)
