@@ -1256,11 +1256,18 @@ BEGIN
           FROM pgsnap._sync_rows(v_targets, v_files) d
     ),
     current AS (
-        -- one (target, me_files) lookup per affected target: with both as plain ANY conditions
-        -- the generic plan ANDed in a bitmap of every row of the affected targets
-        SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot, tp.inputs_hash
+        -- one lookup of (target, me_files) per affected target, by that key's index: the rows of
+        -- the me_files in other targets are never read. Flattened into a join, the generic plan
+        -- read every row of the me_files (by me_file_id) and kept the affected targets' rows:
+        -- more rows the more targets are maintained, each on a heap page of its own. OFFSET 0
+        -- keeps the lookup one per target.
+        SELECT c.*
           FROM unnest(v_targets) AS g(target_id)
-          JOIN public.target_populations tp ON tp.target_id = g.target_id AND tp.me_file_id = ANY (v_files)
+         CROSS JOIN LATERAL (SELECT tp.id, tp.target_id, tp.target_band_id, tp.me_file_id, tp.matching_tags_snapshot,
+                                    tp.inputs_hash
+                               FROM public.target_populations tp
+                              WHERE tp.target_id = g.target_id AND tp.me_file_id = ANY (v_files)
+                             OFFSET 0) c
     ),
     diff AS (
         SELECT c.id, coalesce(d.target_id, c.target_id) AS target_id, coalesce(d.me_file_id, c.me_file_id) AS me_file_id,
