@@ -165,11 +165,13 @@ def wanted_ids(migrations: MigrationList, to: str | None) -> set[str]:
 
 def steps_of(order: list[Migration]) -> list[list[Migration]]:
     """Runs of consecutive plain migrations; each enforcement or non-transactional one alone."""
+    def alone(m: Migration) -> bool:
+        return is_enforcement(m) or not m.use_transactions
+
     steps: list[list[Migration]] = []
     for m in order:
         m.load()
-        alone = is_enforcement(m) or not m.use_transactions
-        if alone or not steps or is_enforcement(steps[-1][0]) or not steps[-1][0].use_transactions:
+        if alone(m) or not steps or alone(steps[-1][0]):
             steps.append([m])
         else:
             steps[-1].append(m)
@@ -454,6 +456,12 @@ def _record(backend, step: list[Migration]) -> None:
         backend.log_migration(m, "apply")
 
 
+def _unrecord(backend, m: Migration) -> None:
+    """The reverse of `_record` for a rolled-back migration: its row goes, a log entry stays."""
+    backend.unmark_one(m, log=False)
+    backend.log_migration(m, "rollback")
+
+
 def _apply_step(backend, step: list[Migration], timeout: str, end: str | None = None) -> int:
     """One step in one transaction: its migrations, `sql/` and the records; returns the sql/
     files deployed. `end`: the migration the whole step would end with, when `--to` stops
@@ -635,13 +643,11 @@ def rollback(dsn: str, to: str | None = None, all_: bool = False, *, expected: l
                 if m.use_transactions:
                     with backend.transaction():
                         _steps(backend, m, "rollback")
-                        backend.unmark_one(m, log=False)
-                        backend.log_migration(m, "rollback")
+                        _unrecord(backend, m)
                 else:  # yoyo runs it outside any transaction; unrecord it after
                     _steps(backend, m, "rollback")
                     with backend.transaction():
-                        backend.unmark_one(m, log=False)
-                        backend.log_migration(m, "rollback")
+                        _unrecord(backend, m)
             except psycopg.Error as exc:
                 raise PgsnapError(f"rolling back {m.id} failed: {describe_db_error(exc)}") from None
             done.append(m.id)

@@ -155,23 +155,24 @@ def sync_plans(conn, statement, analyze=False):
     return [json.loads(p.split("plan:", 1)[1]) for p in plans if "plan:" in p]
 
 
-def scans(node, found=None):
-    found = [] if found is None else found
-    if "Relation Name" in node:
-        found.append((node["Node Type"], node["Relation Name"], node.get("Index Name")))
+def plan_nodes(node, parent=None):
+    """Every node of a plan, depth first, each with its parent."""
+    yield node, parent
     for child in node.get("Plans", []):
-        scans(child, found)
-    return found
+        yield from plan_nodes(child, node)
 
 
-def rows_read(node, relation, found=None):
+def scans(plan):
+    """(node type, relation, index) of every node that reads or writes a relation."""
+    return [(n["Node Type"], n["Relation Name"], n.get("Index Name"))
+            for n, _ in plan_nodes(plan) if "Relation Name" in n]
+
+
+def rows_read(plan, relation):
     """(node type, index, rows it returned over all its loops) of every read of `relation`."""
-    found = [] if found is None else found
-    if node.get("Relation Name") == relation and node["Node Type"] != "ModifyTable":
-        found.append((node["Node Type"], node.get("Index Name"), node["Actual Rows"] * node["Actual Loops"]))
-    for child in node.get("Plans", []):
-        rows_read(child, relation, found)
-    return found
+    return [(n["Node Type"], n.get("Index Name"), n["Actual Rows"] * n["Actual Loops"])
+            for n, _ in plan_nodes(plan)
+            if n.get("Relation Name") == relation and n["Node Type"] != "ModifyTable"]
 
 
 def test_the_sync_after_a_large_populate_on_the_same_connection_reads_by_index(conn):
@@ -221,15 +222,11 @@ def test_the_sync_reads_only_the_rows_of_the_targets_it_affects(conn):
         [CUISINE, "Cuisine", 7, [[ITALIAN, "Italian food", 4]]]]})}
 
 
-def band_traits_lookups(node, found=None):
+def band_traits_lookups(plan):
     """(index, index condition, filter, join filter above it) of every band_traits scan in a plan."""
-    found = [] if found is None else found
-    for child in node.get("Plans", []):
-        if child.get("Relation Name") == "band_traits":
-            found.append((child.get("Index Name"), child.get("Index Cond"), child.get("Filter"),
-                          node.get("Join Filter")))
-        band_traits_lookups(child, found)
-    return found
+    return [(n.get("Index Name"), n.get("Index Cond"), n.get("Filter"), parent.get("Join Filter"))
+            for n, parent in plan_nodes(plan)
+            if parent is not None and n.get("Relation Name") == "band_traits"]
 
 
 # each tag of the me_file looked up by (trait, band) for the snapshot
