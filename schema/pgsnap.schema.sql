@@ -548,8 +548,9 @@ DECLARE
     v_old     bigint[];
     v_hashes  bigint[];
     v_given   jsonb[];
-    v_nfiles  bigint[];   -- the (me_file, band) pairs whose snapshot must be built
+    v_nfiles  bigint[];   -- the snapshots to build: one me_file per (band, inputs_hash), zipped
     v_nbands  bigint[];
+    v_nhashes bigint[];
 BEGIN
     inserted := 0; moved := 0; refreshed := 0; deleted := 0; built := 0;
     PERFORM pg_advisory_xact_lock_shared(pgsnap._slot_space(), s) FROM pgsnap._slots(p_from, p_to) AS s;
@@ -573,14 +574,20 @@ BEGIN
                   FULL JOIN current c ON c.me_file_id = d.me_file_id
                  WHERE d.me_file_id IS NULL OR c.id IS NULL OR c.target_band_id <> d.target_band_id
                     OR c.inputs_hash IS DISTINCT FROM d.inputs_hash OR $4
+            ),
+            shared AS (   -- one me_file per (band, inputs_hash): its snapshot serves them all
+                SELECT DISTINCT ON (x.band, x.hash) x.me_file_id, x.band, x.hash
+                  FROM diff x
+                 WHERE x.band IS NOT NULL
+                 ORDER BY x.band, x.hash, x.me_file_id
             )
             SELECT array_agg(x.id), array_agg(x.me_file_id), array_agg(x.band), array_agg(x.old_band),
                    array_agg(x.hash),
-                   array_agg(x.me_file_id) FILTER (WHERE x.band IS NOT NULL),
-                   array_agg(x.band) FILTER (WHERE x.band IS NOT NULL)
+                   (SELECT array_agg(o.me_file_id) FROM shared o), (SELECT array_agg(o.band) FROM shared o),
+                   (SELECT array_agg(o.hash) FROM shared o)
               FROM diff x
         $q$
-        INTO v_ids, v_files, v_bands, v_old, v_hashes, v_nfiles, v_nbands
+        INTO v_ids, v_files, v_bands, v_old, v_hashes, v_nfiles, v_nbands, v_nhashes
         USING p_target_id, p_from, p_to, p_rebuild;
     ELSE
         EXECUTE $q$
@@ -624,13 +631,15 @@ BEGIN
                    AS d(id, me_file_id, band, old_band, hash, given)
         ),
         built AS (
-            SELECT s.me_file_id, s.target_band_id, s.snapshot
+            SELECT r.band, r.hash, s.snapshot
               FROM pgsnap.snapshots($8, $9) s
+              JOIN unnest($8::bigint[], $9::bigint[], $10::bigint[]) AS r(me_file_id, band, hash)
+                ON r.me_file_id = s.me_file_id AND r.band = s.target_band_id
         ),
         x AS (
             SELECT d.*, coalesce(d.given, b.snapshot) AS snapshot
               FROM d
-              LEFT JOIN built b ON b.me_file_id = d.me_file_id AND b.target_band_id = d.band
+              LEFT JOIN built b ON b.band = d.band AND b.hash = d.hash
         ),
         locked_rows AS (   -- the rows to change; one another transaction holds is left for the retry
             SELECT tp.id FROM public.target_populations tp
@@ -679,7 +688,7 @@ BEGIN
                       WHERE x.id IS NOT NULL AND x.id NOT IN (SELECT r.id FROM locked_rows r))
     $q$
     INTO inserted, moved, refreshed, deleted, skipped
-    USING p_target_id, v_ids, v_files, v_bands, v_old, v_hashes, v_given, v_nfiles, v_nbands;
+    USING p_target_id, v_ids, v_files, v_bands, v_old, v_hashes, v_given, v_nfiles, v_nbands, v_nhashes;
 
     IF inserted + moved + refreshed + deleted > 0 THEN
         -- a REPEATABLE READ sync that started before this batch must not write over it

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.helpers import (
+    B2,
     CHESS,
     CUISINE,
     FEMALE,
@@ -16,6 +17,7 @@ from tests.helpers import (
     G40,
     HIKING,
     HOBBIES,
+    HOME_ZIP,
     ITALIAN,
     M1,
     M2,
@@ -31,8 +33,10 @@ from tests.helpers import (
     row_versions_by_me_file,
     seed_example_catalogue,
     seed_worked_example,
+    snapshot,
     sync_triggers_disabled,
     tag,
+    tags,
     value,
 )
 
@@ -107,6 +111,27 @@ def test_a_blank_value_showing_the_same_text_is_not_a_change(conn):
         execute(conn, "UPDATE me_file_tags SET tag_value = NULL WHERE trait_id = %s", (ZIP_02140,))
     assert counts(run(conn, T1)) == (0, 0, 0, 0, 3, 0)
     assert row_versions_by_me_file(conn, T1) == before
+
+
+def test_me_files_with_the_same_inputs_in_a_band_share_one_built_snapshot(conn):
+    """A snapshot is a function of the band and the (trait, shown value) pairs its fingerprint
+    covers: a populate builds one per distinct pair of them, for the first such me_file, and
+    gives it to every row of the pair, fresh or rebuilt after a catalogue change."""
+    seed_worked_example(conn)
+    for me_file in (6, 7):
+        tags(conn, me_file, {FEMALE: "Female", ZIP_02140: "02140"})   # M2's tags
+    tags(conn, 8, {FEMALE: "Female", ZIP_02140: None})        # a blank value shows "02140": M2's too
+    tags(conn, 9, {FEMALE: "F", ZIP_02140: "02140"})           # another value: a snapshot of its own
+    assert counts(run(conn, T1)) == (7, 0, 0, 0, 0, 4)        # M1, M2 (and 6, 7, 8), M3, 9
+    rows = populations(conn, T1)
+    assert rows == Model.load(conn).populations(T1)
+    assert rows[6] == rows[7] == rows[8] == rows[M2] != rows[9]
+    assert rows[9] == (B2, snapshot([SEX, "Sex (Biological)", 1, [[FEMALE, "F", 2]]],
+                                    [HOME_ZIP, "Home Zip Code", 1, [[ZIP_02140, "02140", 2140]]]))
+
+    rename_trait(conn, SEX, "Sex")                  # every row shows it: all rebuilt, 4 builds
+    assert counts(run(conn, T1)) == (0, 0, 7, 0, 0, 4)
+    assert populations(conn, T1) == Model.load(conn).populations(T1)
 
 
 def test_batches_of_any_size_give_the_same_rows(conn):
