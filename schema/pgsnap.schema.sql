@@ -1424,13 +1424,37 @@ CREATE FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[])
     SET enable_mergejoin TO 'off'
     SET enable_bitmapscan TO 'off'
     SET enable_material TO 'off'
+    SET enable_nestloop TO 'on'
+    SET enable_seqscan TO 'on'
     AS $$
+DECLARE
+    c_small_rule constant integer := 128;   -- band_traits rows; by trait, a common tag costs ~100
+    v_targets bigint[];
+    v_bands   bigint[];
+    v_files   bigint[];
+    v_hashes  bigint[];
 BEGIN
-    RETURN QUERY
-    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
-      FROM pgsnap.memberships(p_target_ids) m
-     CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
-     WHERE m.me_file_id = ANY (p_me_file_ids);
+    IF (SELECT count(*) FROM (SELECT FROM pgsnap.band_traits bt WHERE bt.target_id = ANY (p_target_ids)
+                               LIMIT c_small_rule) x) < c_small_rule THEN
+        PERFORM set_config('enable_nestloop', 'off', true), set_config('enable_seqscan', 'off', true),
+                set_config('enable_hashjoin', 'on', true), set_config('enable_bitmapscan', 'on', true);
+        SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)
+          INTO v_targets, v_bands, v_files, v_hashes
+          FROM pgsnap.memberships(p_target_ids) m
+         WHERE m.me_file_id = ANY (p_me_file_ids);
+        PERFORM set_config('enable_nestloop', 'on', true), set_config('enable_seqscan', 'on', true),
+                set_config('enable_hashjoin', 'off', true), set_config('enable_bitmapscan', 'off', true);
+        RETURN QUERY
+        SELECT r.target_id, r.target_band_id, r.me_file_id, r.inputs_hash, s.snapshot
+          FROM unnest(v_targets, v_bands, v_files, v_hashes) AS r(target_id, target_band_id, me_file_id, inputs_hash)
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[r.me_file_id], ARRAY[r.target_band_id]) s;
+    ELSE
+        RETURN QUERY
+        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
+          FROM pgsnap.memberships(p_target_ids) m
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
+         WHERE m.me_file_id = ANY (p_me_file_ids);
+    END IF;
 END;
 $$;
 
@@ -1438,7 +1462,7 @@ $$;
 -- Name: FUNCTION _sync_rows(p_target_ids bigint[], p_me_file_ids bigint[]); Type: COMMENT; Schema: pgsnap; Owner: -
 --
 
-COMMENT ON FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'Internal: the rule''s rows of these me_files in these targets with their snapshots, planned as index lookups from their tags.';
+COMMENT ON FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[]) IS 'Internal: the rule''s rows of these me_files in these targets with their snapshots, read the cheaper way.';
 
 --
 -- Name: _track_populating(); Type: FUNCTION; Schema: pgsnap; Owner: -

@@ -43,16 +43,25 @@ $$;
 
 -- The rule's rows of the me_files of one sync in these targets, each with its snapshot (the
 -- rule's statement and the one builder, under planner settings of their own). Its inputs are
--- the me_files of one transaction, so every lookup should be driven by their tags: the bands
--- of each tag in these targets, then each snapshot entry by (trait, band), both read from
--- band_traits' primary key alone.
+-- the me_files of one transaction, so each snapshot entry is looked up by (trait, band) from
+-- band_traits' primary key. The bands the me_files' tags give are found
+--   * for targets with small rules (together fewer than c_small_rule band_traits rows, as
+--     targets of a few traits each): by reading those rows whole, by target_id, and hashing the
+--     tags against them, in a statement of its own;
+--   * otherwise, with the snapshots in one statement: each tag looked up by trait and its bands
+--     in other targets filtered out, about a hundred rows for a common trait, but never more
+--     the larger the affected rules.
 -- Left free, the session's generic plan (made once, for arrays of unknown size) reads every
 -- band_traits row of the affected targets and merge- or hash-joins them with the me_file's dozen
 -- tags, or (without those) scans them against a materialized copy of the tags: thousands of rows
--- when the targets are large or many. With these settings the plan stays linear in the tags
--- whatever their number (a bulk tag load syncs thousands of me_files at once): each row's
--- snapshot is built on its own, for one pair, as index lookups. Only this SELECT runs under
--- them: it fires no trigger and no foreign-key query.
+-- when the targets are large or many; the snapshots' lookups, joined the same way, would read
+-- the whole table. Under the function's settings every join is a nested loop of index lookups,
+-- linear in the tags whatever their number (a bulk tag load syncs thousands of me_files at
+-- once): each row's snapshot is built on its own, for one pair. The small rules' statement runs
+-- with nested loops and sequential scans off, so it can only hash the rule rows it read by
+-- index. A cached plan is re-made inside its statement, so each is always planned under its own
+-- settings; the function's SET clauses undo them on exit. Only these SELECTs run under them:
+-- they fire no trigger and no foreign-key query.
 CREATE OR REPLACE FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[])
 RETURNS TABLE (target_id bigint, target_band_id bigint, me_file_id bigint, inputs_hash bigint, snapshot jsonb)
 LANGUAGE plpgsql STABLE
@@ -63,17 +72,41 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET enable_bitmapscan = off
 SET enable_material = off
+SET enable_nestloop = on
+SET enable_seqscan = on
 AS $$
+DECLARE
+    c_small_rule constant integer := 128;   -- band_traits rows; by trait, a common tag costs ~100
+    v_targets bigint[];
+    v_bands   bigint[];
+    v_files   bigint[];
+    v_hashes  bigint[];
 BEGIN
-    RETURN QUERY
-    SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
-      FROM pgsnap.memberships(p_target_ids) m
-     CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
-     WHERE m.me_file_id = ANY (p_me_file_ids);
+    IF (SELECT count(*) FROM (SELECT FROM pgsnap.band_traits bt WHERE bt.target_id = ANY (p_target_ids)
+                               LIMIT c_small_rule) x) < c_small_rule THEN
+        PERFORM set_config('enable_nestloop', 'off', true), set_config('enable_seqscan', 'off', true),
+                set_config('enable_hashjoin', 'on', true), set_config('enable_bitmapscan', 'on', true);
+        SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)
+          INTO v_targets, v_bands, v_files, v_hashes
+          FROM pgsnap.memberships(p_target_ids) m
+         WHERE m.me_file_id = ANY (p_me_file_ids);
+        PERFORM set_config('enable_nestloop', 'on', true), set_config('enable_seqscan', 'on', true),
+                set_config('enable_hashjoin', 'off', true), set_config('enable_bitmapscan', 'off', true);
+        RETURN QUERY
+        SELECT r.target_id, r.target_band_id, r.me_file_id, r.inputs_hash, s.snapshot
+          FROM unnest(v_targets, v_bands, v_files, v_hashes) AS r(target_id, target_band_id, me_file_id, inputs_hash)
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[r.me_file_id], ARRAY[r.target_band_id]) s;
+    ELSE
+        RETURN QUERY
+        SELECT m.target_id, m.target_band_id, m.me_file_id, m.inputs_hash, s.snapshot
+          FROM pgsnap.memberships(p_target_ids) m
+         CROSS JOIN LATERAL pgsnap.snapshots(ARRAY[m.me_file_id], ARRAY[m.target_band_id]) s
+         WHERE m.me_file_id = ANY (p_me_file_ids);
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION pgsnap._sync_rows(bigint[], bigint[]) IS
-    'Internal: the rule''s rows of these me_files in these targets with their snapshots, planned as index lookups from their tags.';
+    'Internal: the rule''s rows of these me_files in these targets with their snapshots, read the cheaper way.';
 
 -- Recompute the given me_files in the maintained targets whose bands use one of the given
 -- traits (p_all: every target one of their tags or rows is in). Returns rows changed.

@@ -282,17 +282,15 @@ def test_the_sync_finds_bands_from_the_me_files_tags(conn):
     assert value(conn, "SELECT count(*) FROM target_populations WHERE me_file_id = 77") == 0
 
 
-def test_the_sync_finds_each_snapshot_entry_by_trait_and_band(conn):
-    """The snapshot of a synced row looks up each of the me_file's tags in band_traits by
-    (trait, band): never every band of the trait, filtered afterwards (here the new trait is in
-    the bands of 403 targets). Without the builder's OFFSET 0 the planner picks that filter."""
+def seed_common_trait(conn):
+    """seed_wide, and trait 1000 in the bands of 403 targets: the 3 wide ones (in group 70, with
+    Female) and 400 more, each with one band of one group holding trait 1000 and one trait of
+    its own (most traits are in one band, as in a real catalogue)."""
     seed_wide(conn)
     execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
                   " VALUES (1000, 'trait 1000', %s, 1000)", (SEX,))
     execute(conn, "INSERT INTO traits (id, trait_name, parent_trait_id, display_order)"
                   " SELECT g, 'trait ' || g, %s, g FROM generate_series(2000, 2399) g", (SEX,))
-    # 400 more targets, each with one band of one group holding the new trait and one of its
-    # own: most traits are in one band, as in a real catalogue, and the new one in 403
     execute(conn, "INSERT INTO targets (id, title)"
                   " SELECT g, 'target ' || g FROM generate_series(1000, 1399) g")
     execute(conn, "INSERT INTO target_bands (id, target_id, title, is_bullseye)"
@@ -305,17 +303,46 @@ def test_the_sync_finds_each_snapshot_entry_by_trait_and_band(conn):
                   " SELECT g, g FROM generate_series(1000, 1399) g")
     execute(conn, "INSERT INTO trait_group_traits (trait_group_id, trait_id) VALUES (70, 1000)")
     assert value(conn, "SELECT count(*) FROM pgsnap.band_traits WHERE trait_id = 1000") == 400 + WIDE
+
+
+def test_the_sync_finds_each_snapshot_entry_by_trait_and_band(conn):
+    """The snapshot of a synced row looks up each of the me_file's tags in band_traits by
+    (trait, band): never every band of the trait, filtered afterwards (here the new trait is in
+    the bands of 403 targets). Without the builder's OFFSET 0 the planner picks that filter."""
+    seed_common_trait(conn)
     for target in range(11, 11 + WIDE):
         run(conn, target)
     execute(conn, "ANALYZE")   # as autovacuum would
     plans = sync_plans(conn, "INSERT INTO me_file_tags (me_file_id, trait_id, tag_value)"
-                             " VALUES (77, 1000, 'x')")
-    desired = [p for p in plans if "pgsnap.snapshots(ARRAY[m.me_file_id]" in p["Query Text"]]
-    assert len(desired) == 1, [p["Query Text"] for p in plans]
-    assert band_traits_lookups(desired[0]["Plan"]) == [
-        ("band_traits_pkey", "(trait_id = t.trait_id)", "(target_id = ANY ($1))", None),
-        SNAPSHOT_LOOKUP]
+                             " VALUES (77, 1000, 'x')", analyze=True)
+    built = [p for p in plans if "pgsnap.snapshots(ARRAY[" in p["Query Text"]]
+    assert len(built) == 1, [p["Query Text"] for p in plans]
+    assert band_traits_lookups(built[0]["Plan"]) == [   # (the small rules' statement, below)
+        ("band_traits_pkey", "((trait_id = t.trait_id) AND (target_band_id = p_1.band_id))", "in_snapshot",
+         None)]
+    assert rows_read(built[0]["Plan"], "band_traits") == [("Index Only Scan", "band_traits_pkey", 2 * WIDE)]
     shown = {"tags": [[SEX, "Sex (Biological)", 1, [[FEMALE, "Female", 2], [1000, "x", 1000]]]]}
+    assert {(r[0], json.dumps(r[1])) for r in conn.execute(
+        "SELECT target_id, matching_tags_snapshot FROM target_populations WHERE me_file_id = 77")} == {
+        (target, json.dumps(shown)) for target in range(11, 11 + WIDE)}
+
+
+def test_the_sync_reads_small_rules_whole_by_target(conn):
+    """The wide targets' rules are two band_traits rows each (Female and trait 1000), and me_file
+    77's trait 1000 is in 403 bands. A change to 77's Female tag reads the three targets' six
+    rows by target_id and hashes 77's tags against them: never trait 1000's bands in the 400
+    other targets, read by trait and filtered out (the way for large rules, above)."""
+    seed_common_trait(conn)
+    tag(conn, 77, 1000, "x")
+    for target in range(11, 11 + WIDE):
+        run(conn, target)
+    execute(conn, "ANALYZE")   # as autovacuum would
+    plans = sync_plans(conn, f"UPDATE me_file_tags SET tag_value = 'F' WHERE me_file_id = 77"
+                             f" AND trait_id = {FEMALE}", analyze=True)
+    rule = [p for p in plans if "array_agg(m.target_id)" in p["Query Text"]]
+    assert len(rule) == 1, [p["Query Text"] for p in plans]
+    assert rows_read(rule[0]["Plan"], "band_traits") == [("Bitmap Heap Scan", None, 2 * WIDE)]
+    shown = {"tags": [[SEX, "Sex (Biological)", 1, [[FEMALE, "F", 2], [1000, "x", 1000]]]]}
     assert {(r[0], json.dumps(r[1])) for r in conn.execute(
         "SELECT target_id, matching_tags_snapshot FROM target_populations WHERE me_file_id = 77")} == {
         (target, json.dumps(shown)) for target in range(11, 11 + WIDE)}

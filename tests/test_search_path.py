@@ -368,12 +368,14 @@ def test_every_function_pins_its_search_path(conn):
                                         or (lang == "sql" and atomic and config is None))]
     assert unpinned == []
     # the other settings functions carry: the sync's statements keep their generic plans, and
-    # its own rows are read by index lookups from the me_file's tags
+    # its own rows are read by index lookups from the me_file's tags (the small rules' statement
+    # changes four of them for itself; the SET clauses put back what the session had)
     assert {name: config[1:] for name, kind, _, config, _, _ in routines if kind == "f" and config
             and config[1:]} == {
         "_sync": ["plan_cache_mode=force_generic_plan"],
         "_sync_rows": ["plan_cache_mode=force_generic_plan", "enable_hashjoin=off",
-                       "enable_mergejoin=off", "enable_bitmapscan=off", "enable_material=off"]}
+                       "enable_mergejoin=off", "enable_bitmapscan=off", "enable_material=off",
+                       "enable_nestloop=on", "enable_seqscan=on"]}
     first = "COMMIT;\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);"
     procedures = {name: src for name, kind, _, _, _, src in routines if kind == "p"}
     assert sorted(procedures) == ["backfill_missing_snapshots", "populate_target",
