@@ -1429,13 +1429,15 @@ CREATE FUNCTION pgsnap._sync_rows(p_target_ids bigint[], p_me_file_ids bigint[])
     AS $$
 DECLARE
     c_small_rule constant integer := 128;   -- band_traits rows; by trait, a common tag costs ~100
+    c_few       constant integer := 16;    -- targets; with more, the rows are read by trait unprobed
     v_targets bigint[];
     v_bands   bigint[];
     v_files   bigint[];
     v_hashes  bigint[];
 BEGIN
-    IF (SELECT count(*) FROM (SELECT FROM pgsnap.band_traits bt WHERE bt.target_id = ANY (p_target_ids)
-                               LIMIT c_small_rule) x) < c_small_rule THEN
+    IF cardinality(p_target_ids) <= c_few
+       AND (SELECT count(*) FROM (SELECT FROM pgsnap.band_traits bt WHERE bt.target_id = ANY (p_target_ids)
+                                   LIMIT c_small_rule) x) < c_small_rule THEN
         PERFORM set_config('enable_nestloop', 'off', true), set_config('enable_seqscan', 'off', true),
                 set_config('enable_hashjoin', 'on', true), set_config('enable_bitmapscan', 'on', true);
         SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)

@@ -45,9 +45,9 @@ $$;
 -- rule's statement and the one builder, under planner settings of their own). Its inputs are
 -- the me_files of one transaction, so each snapshot entry is looked up by (trait, band) from
 -- band_traits' primary key. The bands the me_files' tags give are found
---   * for targets with small rules (together fewer than c_small_rule band_traits rows, as
---     targets of a few traits each): by reading those rows whole, by target_id, and hashing the
---     tags against them, in a statement of its own;
+--   * for a few targets with small rules (at most c_few targets, together fewer than
+--     c_small_rule band_traits rows, as targets of a few traits each): by reading those rows
+--     whole, by target_id, and hashing the tags against them, in a statement of its own;
 --   * otherwise, with the snapshots in one statement: each tag looked up by trait and its bands
 --     in other targets filtered out, about a hundred rows for a common trait, but never more
 --     the larger the affected rules.
@@ -77,13 +77,15 @@ SET enable_seqscan = on
 AS $$
 DECLARE
     c_small_rule constant integer := 128;   -- band_traits rows; by trait, a common tag costs ~100
+    c_few       constant integer := 16;    -- targets; with more, the rows are read by trait unprobed
     v_targets bigint[];
     v_bands   bigint[];
     v_files   bigint[];
     v_hashes  bigint[];
 BEGIN
-    IF (SELECT count(*) FROM (SELECT FROM pgsnap.band_traits bt WHERE bt.target_id = ANY (p_target_ids)
-                               LIMIT c_small_rule) x) < c_small_rule THEN
+    IF cardinality(p_target_ids) <= c_few
+       AND (SELECT count(*) FROM (SELECT FROM pgsnap.band_traits bt WHERE bt.target_id = ANY (p_target_ids)
+                                   LIMIT c_small_rule) x) < c_small_rule THEN
         PERFORM set_config('enable_nestloop', 'off', true), set_config('enable_seqscan', 'off', true),
                 set_config('enable_hashjoin', 'on', true), set_config('enable_bitmapscan', 'on', true);
         SELECT array_agg(m.target_id), array_agg(m.target_band_id), array_agg(m.me_file_id), array_agg(m.inputs_hash)
