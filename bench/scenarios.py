@@ -9,7 +9,9 @@ Order:
   pgsnap.backfill_missing_snapshots()``), then fresh population of the same targets;
 * finish the migration (NOT NULL enforced), ANALYZE;
 * (a) the floor: ``pgsnap.memberships`` rows inserted into a same-shaped table without
-  snapshots; (b) ``CALL pgsnap.populate_target`` of the same targets; (e) tag changes on
+  snapshots; (a') the same rows into a copy of target_populations with its CHECK and foreign
+  keys, each with the empty snapshot: what any writer of the rows pays, the least (b) can take;
+  (b) ``CALL pgsnap.populate_target`` of the same targets; (e) tag changes on
   the connection that ran (b); (d) (b) again (no-op refresh, rows written counted from
   ``pg_stat_user_tables``); copy vs. scan and (g) rename (``bench.catalogue``); (c) the
   original's algorithm (``bench.peer``, in a process of its own) into the emptied rows,
@@ -33,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bench import catalogue, peer, sync
 from bench.common import (
@@ -55,8 +58,9 @@ from pgsnap.demo import datagen
 __all__ = ["FIGURES", "SCALES", "Context", "run", "run_scenario", "table_writes"]
 
 #: every figure a run reports, in order (the test checks the JSON has each)
-FIGURES = ("a_floor", "b_populate", "e_same_connection", "d_noop_refresh", "g_rename", "copy_vs_scan",
-           "c_peer", "e_sync_latency", "e_wide_targets", "h_throughput", "counts_churn", "f_backfill")
+FIGURES = ("a_floor", "a_checked", "b_populate", "e_same_connection", "d_noop_refresh", "g_rename",
+           "copy_vs_scan", "c_peer", "e_sync_latency", "e_wide_targets", "h_throughput", "counts_churn",
+           "f_backfill")
 
 
 # -- setup ---------------------------------------------------------------------------------------
@@ -159,6 +163,40 @@ def a_floor(ctx: Context) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds),
             "indexes": c.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'bench'"
                                  " AND tablename = 'floor'").fetchone()[0]}
+
+
+def a_checked(ctx: Context) -> dict[str, Any]:
+    """(a)'s rows, each with the empty snapshot, into a copy of target_populations with its
+    indexes, CHECK constraints and foreign keys: no snapshot is built and nothing is compared,
+    so (b) can be no faster. The copy is dropped afterwards (its foreign keys would add checks
+    to later scenarios' writes of me_files and bands)."""
+    require(ctx.conn, "pgsnap.memberships(bigint[])")
+    c = ctx.conn
+    c.execute("CREATE SCHEMA IF NOT EXISTS bench")
+    c.execute("DROP TABLE IF EXISTS bench.checked")
+    c.execute("CREATE TABLE bench.checked (LIKE public.target_populations INCLUDING DEFAULTS"
+              " INCLUDING IDENTITY INCLUDING INDEXES INCLUDING CONSTRAINTS)")
+    try:
+        keys = [r[0] for r in c.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'public.target_populations'::regclass AND contype = 'f' ORDER BY conname")]
+        for definition in keys:   # catalogue text, not input
+            c.execute(sql.SQL("ALTER TABLE bench.checked ADD {}").format(sql.SQL(definition)))
+        insert = ("INSERT INTO bench.checked (target_id, target_band_id, me_file_id, matching_tags_snapshot,"
+                  " inputs_hash)"
+                  " SELECT target_id, target_band_id, me_file_id, '{\"tags\": []}', inputs_hash"
+                  " FROM pgsnap.memberships(%s)")
+        t0 = time.perf_counter()
+        rows = 0
+        for target_id in ctx.main:
+            rows += c.execute(insert, [[target_id]]).rowcount
+        seconds = time.perf_counter() - t0
+        checks = c.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'bench.checked'::regclass"
+                           " AND contype = 'c'").fetchone()[0]
+    finally:
+        c.execute("DROP TABLE bench.checked")
+    return {"seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds),
+            "foreign_keys": len(keys), "checks": checks}
 
 
 def b_populate(ctx: Context) -> dict[str, Any]:
@@ -275,7 +313,7 @@ def run(dsn: str, scale: Scale, seed: int = 1,
         run_scenario(ctx, "f_backfill", f_backfill)
         log("finishing the migration ...")
         report["setup"]["finish"] = finish_migration(ctx)
-        for name, fn in (("a_floor", a_floor), ("b_populate", b_populate),
+        for name, fn in (("a_floor", a_floor), ("a_checked", a_checked), ("b_populate", b_populate),
                          ("e_same_connection", sync.e_same_connection),
                          ("d_noop_refresh", d_noop_refresh), ("copy_vs_scan", catalogue.copy_vs_scan),
                          ("g_rename", catalogue.g_rename), ("c_peer", c_peer),
@@ -303,6 +341,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
     h = ok("h_throughput").get("runs", {})
     return {
         "b_over_a": ratio(secs("b_populate"), secs("a_floor")),
+        "a_checked_over_a": ratio(secs("a_checked"), secs("a_floor")),
         "c_over_b": ok("c_peer").get("over_pgsnap_same_targets"),
         "d_over_b": ratio(secs("d_noop_refresh"), secs("b_populate")),
         "e_p95_1000_over_100": ok("e_sync_latency").get("ratio_p95_high_vs_low"),

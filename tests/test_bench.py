@@ -112,7 +112,8 @@ def test_scenario_without_its_sql_is_unavailable(empty_db_dsn):
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         ctx = scenarios.Context(dsn=empty_db_dsn, conn=conn, scale=scenarios.SCALES["tiny"], seed=1,
                                 log=lambda _m: None, main=[1])
-        for name, fn in (("a_floor", scenarios.a_floor), ("b_populate", scenarios.b_populate),
+        for name, fn in (("a_floor", scenarios.a_floor), ("a_checked", scenarios.a_checked),
+                         ("b_populate", scenarios.b_populate),
                          ("f_backfill", scenarios.f_backfill)):
             assert scenarios.run_scenario(ctx, name, fn)["status"] == "unavailable"
 
@@ -130,8 +131,10 @@ def test_bench_tiny_reports_every_figure(pg_server, tmp_path):
     for name, figure in figures.items():
         assert figure["status"] == "ok", (name, figure)
         assert figure["peak_rss_mb"] > 0
-    for name in ("a_floor", "b_populate", "c_peer"):
+    for name in ("a_floor", "a_checked", "b_populate", "c_peer"):
         assert figures[name]["seconds"] > 0 and figures[name]["rows"] > 0, name
+    a, checked = figures["a_floor"], figures["a_checked"]
+    assert (checked["rows"], checked["foreign_keys"], checked["checks"]) == (a["rows"], 2, 1)
     assert figures["c_peer"]["equal_to_pgsnap"]["equal"] is True
     assert figures["c_peer"]["peer_peak_rss_mb"] > 0   # measured in the peer's own process
     assert figures["d_noop_refresh"]["rows_written"] == 0
@@ -153,6 +156,7 @@ def test_bench_tiny_reports_every_figure(pg_server, tmp_path):
     assert report["peak_rss_mb"] > 0
     assert {"nproc", "cpu", "postgres"} <= set(report["machine"])
     assert "(b) pgsnap.populate_target" in proc.stdout
+    assert f"(b)/(a) can be no lower than (a')/(a) = {report['ratios']['a_checked_over_a']}:" in proc.stdout
     # the benchmark database was dropped afterwards
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgsnap_bench_tiny_%'"
