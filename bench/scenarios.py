@@ -144,22 +144,31 @@ def f_backfill(ctx: Context) -> dict[str, Any]:
 
 
 # -- (a) floor, (b) populate, (d) no-op refresh, (c) peer ---------------------------------------
+def copy_of_populations(c: psycopg.Connection, name: str, including: str) -> None:
+    """bench.<name>, an empty table LIKE target_populations with what `including` names."""
+    c.execute("CREATE SCHEMA IF NOT EXISTS bench")
+    table = sql.Identifier("bench", name)
+    c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    c.execute(sql.SQL("CREATE TABLE {} (LIKE public.target_populations {})")
+              .format(table, sql.SQL(including)))
+
+
+def insert_per_target(c: psycopg.Connection, insert: str, target_ids: list[int]) -> tuple[int, float]:
+    """Runs `insert` (one %s: the target's id in an array) once per target: rows, seconds."""
+    t0 = time.perf_counter()
+    rows = sum(c.execute(insert, [[target_id]]).rowcount for target_id in target_ids)
+    return rows, time.perf_counter() - t0
+
+
 def a_floor(ctx: Context) -> dict[str, Any]:
     """Membership rows without snapshots into a table shaped like target_populations."""
     require(ctx.conn, "pgsnap.memberships(bigint[])")
     c = ctx.conn
-    c.execute("CREATE SCHEMA IF NOT EXISTS bench")
-    c.execute("DROP TABLE IF EXISTS bench.floor")
-    c.execute("CREATE TABLE bench.floor (LIKE public.target_populations"
-              " INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)")
+    copy_of_populations(c, "floor", "INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES")
     c.execute("ALTER TABLE bench.floor DROP COLUMN matching_tags_snapshot")
     insert = ("INSERT INTO bench.floor (target_id, target_band_id, me_file_id)"
               " SELECT target_id, target_band_id, me_file_id FROM pgsnap.memberships(%s)")
-    t0 = time.perf_counter()
-    rows = 0
-    for target_id in ctx.main:
-        rows += c.execute(insert, [[target_id]]).rowcount
-    seconds = time.perf_counter() - t0
+    rows, seconds = insert_per_target(c, insert, ctx.main)
     return {"seconds": round(seconds, 3), "rows": rows, "rows_per_s": rate(rows, seconds),
             "indexes": c.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'bench'"
                                  " AND tablename = 'floor'").fetchone()[0]}
@@ -172,10 +181,8 @@ def a_checked(ctx: Context) -> dict[str, Any]:
     to later scenarios' writes of me_files and bands)."""
     require(ctx.conn, "pgsnap.memberships(bigint[])")
     c = ctx.conn
-    c.execute("CREATE SCHEMA IF NOT EXISTS bench")
-    c.execute("DROP TABLE IF EXISTS bench.checked")
-    c.execute("CREATE TABLE bench.checked (LIKE public.target_populations INCLUDING DEFAULTS"
-              " INCLUDING IDENTITY INCLUDING INDEXES INCLUDING CONSTRAINTS)")
+    copy_of_populations(c, "checked", "INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES"
+                                      " INCLUDING CONSTRAINTS")
     try:
         keys = [r[0] for r in c.execute(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
@@ -186,11 +193,7 @@ def a_checked(ctx: Context) -> dict[str, Any]:
                   " inputs_hash)"
                   " SELECT target_id, target_band_id, me_file_id, '{\"tags\": []}', inputs_hash"
                   " FROM pgsnap.memberships(%s)")
-        t0 = time.perf_counter()
-        rows = 0
-        for target_id in ctx.main:
-            rows += c.execute(insert, [[target_id]]).rowcount
-        seconds = time.perf_counter() - t0
+        rows, seconds = insert_per_target(c, insert, ctx.main)
         checks = c.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'bench.checked'::regclass"
                            " AND contype = 'c'").fetchone()[0]
     finally:
